@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::product::text;
-use crate::{Role, RuleCode};
+use crate::{Role, RuleCode, RuleKind};
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiKey {
@@ -70,6 +70,16 @@ impl RuleCode for ApiKeyError {
             ApiKeyError::AlreadyRevoked => "api_key.already_revoked",
             ApiKeyError::InvalidName => "api_key.invalid_name",
             ApiKeyError::AdminKey => "api_key.admin_role",
+        }
+    }
+
+    fn kind(&self) -> RuleKind {
+        match self {
+            ApiKeyError::AlreadyExists => RuleKind::State,
+            ApiKeyError::NotFound => RuleKind::Missing,
+            ApiKeyError::AlreadyRevoked => RuleKind::State,
+            ApiKeyError::InvalidName => RuleKind::Invalid,
+            ApiKeyError::AdminKey => RuleKind::Invalid,
         }
     }
 }

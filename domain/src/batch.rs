@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use crate::product::text;
-use crate::{MAX_TAGS_PER_EVENT, Market, RuleCode};
+use crate::{MAX_TAGS_PER_EVENT, Market, RuleCode, RuleKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,6 +160,22 @@ impl RuleCode for BatchError {
             BatchError::IssueIntoFinishedBatch(_) => "batch.issue_into_finished_batch",
             BatchError::NoTags => "batch.no_tags",
             BatchError::TagAlreadyRevoked(_) => "tag.already_revoked",
+        }
+    }
+
+    fn kind(&self) -> RuleKind {
+        match self {
+            BatchError::AlreadyExists => RuleKind::State,
+            BatchError::NotFound => RuleKind::Missing,
+            BatchError::TextLength { .. } => RuleKind::Invalid,
+            BatchError::SellByBeforeProduction { .. } => RuleKind::Invalid,
+            BatchError::MarketOutsideProduct(_) => RuleKind::Invalid,
+            BatchError::ActivateRequiresDraft(_) => RuleKind::State,
+            BatchError::CloseRequiresActive(_) => RuleKind::State,
+            BatchError::AlreadyRecalled => RuleKind::State,
+            BatchError::IssueIntoFinishedBatch(_) => RuleKind::State,
+            BatchError::NoTags => RuleKind::Invalid,
+            BatchError::TagAlreadyRevoked(_) => RuleKind::State,
         }
     }
 }

@@ -4,7 +4,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::RuleCode;
+use crate::{RuleCode, RuleKind};
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Factory {
@@ -39,6 +39,13 @@ impl RuleCode for FactoryError {
         match self {
             FactoryError::AlreadyRegistered => "factory.already_registered",
             FactoryError::InvalidName => "factory.invalid_name",
+        }
+    }
+
+    fn kind(&self) -> RuleKind {
+        match self {
+            FactoryError::AlreadyRegistered => RuleKind::State,
+            FactoryError::InvalidName => RuleKind::Invalid,
         }
     }
 }

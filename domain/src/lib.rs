@@ -17,7 +17,19 @@ pub use role::Role;
 /// far below Pub/Sub's 10 MB limit: 10,000 tags is about 600 KB of JSON.
 pub const MAX_TAGS_PER_EVENT: usize = 10_000;
 
+/// What kind of refusal a rule is, so that every API answers it the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// The input itself is invalid, whatever the state (HTTP 422).
+    Invalid,
+    /// The input is fine but the current state forbids it (HTTP 409).
+    State,
+    /// The thing acted on does not exist (HTTP 404).
+    Missing,
+}
+
 /// Every domain error names the rule it enforces with a stable machine-readable code.
-pub trait RuleCode {
+pub trait RuleCode: std::error::Error {
     fn code(&self) -> &'static str;
+    fn kind(&self) -> RuleKind;
 }

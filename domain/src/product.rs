@@ -5,7 +5,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Gtin, Market, RuleCode};
+use crate::{Gtin, Market, RuleCode, RuleKind};
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {
@@ -65,6 +65,14 @@ impl RuleCode for ProductError {
             ProductError::AlreadyRegistered => "product.already_registered",
             ProductError::TextLength { .. } => "product.text_length",
             ProductError::NoMarkets => "product.no_markets",
+        }
+    }
+
+    fn kind(&self) -> RuleKind {
+        match self {
+            ProductError::AlreadyRegistered => RuleKind::State,
+            ProductError::TextLength { .. } => RuleKind::Invalid,
+            ProductError::NoMarkets => RuleKind::Invalid,
         }
     }
 }

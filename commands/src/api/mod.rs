@@ -1,0 +1,172 @@
+//! The factory command API (`voketag serve factory`): products, batches, tags, API keys and
+//! CSV imports under `/v1`, with identity, roles, idempotency and the OpenAPI document.
+
+mod api_keys;
+mod batches;
+mod context;
+mod factories;
+mod imports;
+mod products;
+
+pub use context::{Caller, Idempotency};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use voketag_platform::http::{self as vhttp, ApiError};
+use voketag_platform::redis::RedisPool;
+use voketag_platform::{Settings, db, redis};
+
+use crate::auth::dev_idp::DevIdp;
+use crate::auth::jwt::{JwksCachePolicy, JwtVerifier};
+use crate::auth::rate_limit::RedisRateLimiter;
+use crate::store::EventStore;
+
+pub(crate) type AppState = Arc<Inner>;
+
+pub struct Inner {
+    pub store: EventStore,
+    pub pool: PgPool,
+    pub redis: RedisPool,
+    pub verifier: JwtVerifier,
+    pub limiter: RedisRateLimiter,
+    pub settings: Settings,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "VokeTag factory API", version = "1", description = "Products, batches, tags, API keys and CSV imports of a factory. Errors use one envelope: {\"error\":{\"code\",\"message\",\"request_id\",\"details\"}}."),
+    modifiers(&Security),
+    components(schemas(voketag_schemas::ErrorEnvelope, voketag_schemas::ErrorBody))
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+    }
+}
+
+/// The routes and their OpenAPI description, generated from the handlers' annotations.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(factories::create_factory))
+        .routes(routes!(factories::get_factory))
+        .routes(routes!(products::create_product, products::list_products))
+        .routes(routes!(products::get_product))
+        .routes(routes!(batches::create_batch))
+        .routes(routes!(batches::get_batch))
+        .routes(routes!(batches::activate_batch))
+        .routes(routes!(batches::recall_batch))
+        .routes(routes!(batches::close_batch))
+        .routes(routes!(batches::revoke_tag))
+        .routes(routes!(api_keys::create_api_key, api_keys::list_api_keys))
+        .routes(routes!(api_keys::revoke_api_key))
+        .routes(routes!(imports::create_import))
+        .routes(routes!(imports::get_import))
+}
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = routes().split_for_parts();
+    let doc = Arc::new(doc);
+    let timeout = Duration::from_secs(state.settings.request_timeout_secs);
+    api.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
+        .route("/v1/health", get(vhttp::health))
+        .route("/v1/ready", get(ready))
+        .route("/metrics", get(vhttp::metrics))
+        .fallback(vhttp::route_not_found)
+        .method_not_allowed_fallback(vhttp::method_not_allowed)
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(axum::middleware::from_fn(|req: Request, next| vhttp::observe("factory-api", req, next)))
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let (pg, rd) = tokio::join!(vhttp::check_postgres(&state.pool), vhttp::check_redis(&state.redis));
+    vhttp::readiness(vec![("postgres", pg), ("redis", rd)])
+}
+
+/// The factory API, bound and ready to serve.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    pub state: AppState,
+}
+
+/// Connects to Postgres and Redis, sets up identity, binds `settings.factory_addr`.
+pub async fn build(settings: Settings) -> anyhow::Result<App> {
+    let pool = db::connect(&settings).await?;
+    let redis = redis::connect(&settings).await?;
+    build_with(settings, pool, redis).await
+}
+
+pub async fn build_with(settings: Settings, pool: PgPool, redis: RedisPool) -> anyhow::Result<App> {
+    let verifier = match &settings.jwks_url {
+        Some(url) => JwtVerifier::remote(
+            url.clone(),
+            settings.jwt_issuer.clone(),
+            settings.jwt_audience.clone(),
+            reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            JwksCachePolicy::default(),
+        ),
+        None => DevIdp::load_or_create(&pool, settings.jwt_issuer.clone(), settings.jwt_audience.clone())
+            .await?
+            .verifier(),
+    };
+    let limiter = RedisRateLimiter::new(redis.clone(), settings.redis_prefix.clone(), settings.api_key_requests_per_minute);
+    let listener = TcpListener::bind(settings.factory_addr).await?;
+    let state = Arc::new(Inner {
+        store: EventStore::new(pool.clone()),
+        pool,
+        redis,
+        verifier,
+        limiter,
+        settings,
+    });
+    Ok(App {
+        listener,
+        router: router(state.clone()),
+        state,
+    })
+}
+
+impl App {
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router).with_graceful_shutdown(voketag_platform::shutdown_signal()).await
+    }
+}
+
+pub(crate) fn db_error(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            ApiError::unavailable("the database is unreachable; retry shortly")
+        }
+        other => ApiError::internal(other),
+    }
+}

@@ -1,0 +1,476 @@
+//! The imports worker (`voketag work imports`). It claims a pending import with a
+//! session-level advisory lock (released by Postgres if the worker dies), streams the
+//! stored upload through the CSV validator one row at a time, and issues the tags in
+//! chunks of 10,000 inside one transaction that also marks the import completed. Any
+//! error — a bad row, a duplicate, a tag issued before, a batch that no longer accepts
+//! tags — rolls everything back and the import is rejected with every reason found. A
+//! worker killed at any point leaves either nothing or everything; the import is then
+//! picked up again and each tag is issued exactly once.
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashSet;
+use std::io::Read;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+use voketag_commands::import::csv::{RowError, TagCsv};
+use voketag_commands::import::{MAX_ERRORS_KEPT, NOTIFY_CHANNEL};
+use voketag_commands::store::{CommandError, EventStore};
+use voketag_domain::MAX_TAGS_PER_EVENT;
+use voketag_domain::batch::{Batch, BatchCommand, IssuedTag};
+use voketag_schemas::EventMetadata;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Store(String),
+    #[error("the CSV reader stopped unexpectedly: {0}")]
+    Reader(String),
+}
+
+impl From<CommandError> for ImportError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Database(e) => ImportError::Database(e),
+            other => ImportError::Store(other.to_string()),
+        }
+    }
+}
+
+/// What became of one import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Completed { tags_issued: u64 },
+    Rejected { error_count: u64 },
+    /// Another worker holds it, or it was already finished.
+    Skipped,
+}
+
+pub struct ImportWorker {
+    pool: PgPool,
+    store: EventStore,
+    /// How often to look for work when no notification arrives.
+    pub poll_interval: Duration,
+}
+
+impl ImportWorker {
+    pub fn new(pool: PgPool) -> Self {
+        ImportWorker {
+            store: EventStore::new(pool.clone()),
+            pool,
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+
+    /// Processes imports until `shutdown` resolves; wakes on NOTIFY from the intake.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ImportError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        tokio::pin!(shutdown);
+        tracing::info!("imports worker started");
+        loop {
+            match self.drain().await {
+                Ok(_) => {}
+                // Postgres unreachable or the like: try again on the next tick.
+                Err(e) => tracing::error!(error = %e, "imports worker pass failed"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                n = listener.recv() => {
+                    if let Err(e) = n {
+                        tracing::warn!(error = %e, "import notifications interrupted");
+                        tokio::time::sleep(self.poll_interval).await;
+                    }
+                }
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+        tracing::info!("imports worker stopped");
+        Ok(())
+    }
+
+    /// Processes every pending import this worker can claim; returns how many it finished.
+    pub async fn drain(&self) -> Result<usize, ImportError> {
+        let mut done = 0;
+        loop {
+            let pending: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT import_id FROM imports WHERE status IN ('queued', 'validating', 'applying')
+                  ORDER BY created_at LIMIT 50",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            let mut progressed = false;
+            for id in pending {
+                if self.process(id).await? != Outcome::Skipped {
+                    done += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Claims and processes one import.
+    pub async fn process(&self, import_id: Uuid) -> Result<Outcome, ImportError> {
+        let mut lock = self.pool.acquire().await?;
+        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('import:' || $1::text, 0))")
+            .bind(import_id)
+            .fetch_one(&mut *lock)
+            .await?;
+        if !claimed {
+            return Ok(Outcome::Skipped);
+        }
+        let result = self.process_claimed(import_id).await;
+        // The lock dies with the connection anyway; unlocking lets the connection be reused.
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended('import:' || $1::text, 0))")
+            .bind(import_id)
+            .execute(&mut *lock)
+            .await;
+        result
+    }
+
+    async fn process_claimed(&self, import_id: Uuid) -> Result<Outcome, ImportError> {
+        let row: Option<(Uuid, String, String, String, String, String, Uuid)> = sqlx::query_as(
+            "UPDATE imports SET status = 'validating', attempts = attempts + 1, updated_at = now()
+              WHERE import_id = $1 AND status IN ('queued', 'validating', 'applying')
+              RETURNING batch_id, actor, request_id, correlation_id, traceparent, status, factory_id",
+        )
+        .bind(import_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((batch_id, actor, request_id, correlation_id, traceparent, _, factory_id)) = row else {
+            return Ok(Outcome::Skipped);
+        };
+        let started = Instant::now();
+        let span = tracing::info_span!("import", import.id = %import_id, batch.id = %batch_id, correlation_id = %correlation_id);
+        let _guard = span.enter();
+        let metadata = EventMetadata {
+            actor,
+            factory_id: factory_id.to_string(),
+            request_id,
+            correlation_id,
+            causation_id: format!("import:{import_id}"),
+            traceparent,
+        };
+        drop(_guard);
+        let outcome = self.apply(import_id, batch_id, &metadata).await?;
+        tracing::info!(import.id = %import_id, ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "import finished");
+        Ok(outcome)
+    }
+
+    async fn apply(&self, import_id: Uuid, batch_id: Uuid, metadata: &EventMetadata) -> Result<Outcome, ImportError> {
+        let (tx_chunks, mut rx_chunks) = mpsc::channel::<Vec<IssuedTag>>(2);
+        let reader = ChunkReader::spawn(self.pool.clone(), import_id);
+        let scan = tokio::task::spawn_blocking(move || scan(reader, tx_chunks));
+
+        let mut unit = Some(self.store.begin::<Batch>(&batch_id.to_string(), metadata).await?);
+        // Why issuing stopped, if it did; reading goes on to report every bad row.
+        let mut refusal: Option<RowError> = None;
+        let mut already_issued = false;
+        let mut issued: u64 = 0;
+        while let Some(chunk) = rx_chunks.recv().await {
+            let Some(u) = unit.as_mut() else { continue };
+            let n = chunk.len() as u64;
+            match u.handle(BatchCommand::IssueTags { import_id: Some(import_id), tags: chunk }).await {
+                Ok(_) => issued += n,
+                Err(CommandError::Taken { code: "tag.already_issued", .. }) => {
+                    already_issued = true;
+                    unit = None;
+                }
+                Err(CommandError::Rule { code, message, .. }) => {
+                    refusal = Some(RowError {
+                        line: 0,
+                        column: None,
+                        code: code.to_string(),
+                        message,
+                    });
+                    unit = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let report = scan.await.map_err(|e| ImportError::Reader(e.to_string()))??;
+        let mut errors = report.errors;
+        let mut error_count = report.error_count;
+        if let Some(r) = refusal {
+            errors.insert(0, r);
+            error_count += 1;
+        }
+        if already_issued && report.error_count == 0 {
+            // Only now, with the transaction gone, find out which rows they were.
+            let (found, count) = self.already_issued(import_id).await?;
+            errors.extend(found);
+            error_count += count;
+        }
+        if error_count == 0 && let Some(mut u) = unit {
+            sqlx::query("UPDATE imports SET status = 'applying', updated_at = now() WHERE import_id = $1")
+                .bind(import_id)
+                .execute(&self.pool)
+                .await?;
+            finish(u.conn(), import_id, "completed", report.rows_read, issued, 0, &[]).await?;
+            u.commit().await?;
+            return Ok(Outcome::Completed { tags_issued: issued });
+        }
+        drop(unit);
+        errors.truncate(MAX_ERRORS_KEPT);
+        let mut tx = self.pool.begin().await?;
+        finish(&mut tx, import_id, "rejected", report.rows_read, 0, error_count, &errors).await?;
+        tx.commit().await?;
+        Ok(Outcome::Rejected { error_count })
+    }
+
+    /// Rows whose tag was issued before this import: a second pass over the file.
+    async fn already_issued(&self, import_id: Uuid) -> Result<(Vec<RowError>, u64), ImportError> {
+        let (tx_chunks, mut rx_chunks) = mpsc::channel::<Vec<(u64, Uuid)>>(2);
+        let reader = ChunkReader::spawn(self.pool.clone(), import_id);
+        let failure = reader.failure.clone();
+        let lines = tokio::task::spawn_blocking(move || -> Result<(), ImportError> {
+            let mut csv = TagCsv::new(reader).map_err(|e| ImportError::Reader(e.message))?;
+            let mut chunk = Vec::with_capacity(MAX_TAGS_PER_EVENT);
+            while let Some(row) = csv.next_row() {
+                if let Ok(row) = row {
+                    chunk.push((row.line, row.tag_id));
+                    if chunk.len() == MAX_TAGS_PER_EVENT && tx_chunks.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                let _ = tx_chunks.blocking_send(chunk);
+            }
+            Ok(())
+        });
+        let mut errors = Vec::new();
+        let mut count = 0u64;
+        while let Some(chunk) = rx_chunks.recv().await {
+            let ids: Vec<Uuid> = chunk.iter().map(|(_, id)| *id).collect();
+            let existing: HashSet<Uuid> =
+                sqlx::query_scalar::<_, Uuid>("SELECT tag_id FROM tag_registry WHERE tag_id = ANY($1)")
+                    .bind(&ids)
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .collect();
+            for (line, id) in chunk.into_iter().filter(|(_, id)| existing.contains(id)) {
+                count += 1;
+                if errors.len() < MAX_ERRORS_KEPT {
+                    errors.push(RowError {
+                        line,
+                        column: Some("tag_id".into()),
+                        code: "tag_already_issued".into(),
+                        message: format!("line {line}: tag {id} was already issued by an earlier import or batch"),
+                    });
+                }
+            }
+        }
+        lines.await.map_err(|e| ImportError::Reader(e.to_string()))??;
+        if let Ok(Some(e)) = failure.lock().map(|f| f.clone()) {
+            return Err(ImportError::Reader(e));
+        }
+        Ok((errors, count))
+    }
+}
+
+async fn finish(
+    conn: &mut PgConnection,
+    import_id: Uuid,
+    status: &str,
+    rows_read: u64,
+    tags_issued: u64,
+    error_count: u64,
+    errors: &[RowError],
+) -> Result<(), ImportError> {
+    sqlx::query(
+        "UPDATE imports SET status = $2, rows_read = $3, tags_issued = $4, error_count = $5, errors = $6,
+                updated_at = now(), finished_at = now()
+          WHERE import_id = $1",
+    )
+    .bind(import_id)
+    .bind(status)
+    .bind(rows_read as i64)
+    .bind(tags_issued as i64)
+    .bind(error_count as i64)
+    .bind(serde_json::to_value(errors).map_err(|e| ImportError::Store(e.to_string()))?)
+    .execute(&mut *conn)
+    .await?;
+    // The upload has served its purpose; its rows are not events and may go.
+    sqlx::query("DELETE FROM import_chunks WHERE import_id = $1")
+        .bind(import_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+struct ScanReport {
+    rows_read: u64,
+    errors: Vec<RowError>,
+    error_count: u64,
+}
+
+/// Reads every row (blocking), sends valid tags in chunks while the file is clean so far,
+/// and collects every error.
+fn scan(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Result<ScanReport, ImportError> {
+    let failure = reader.failure.clone();
+    let report = scan_rows(reader, chunks);
+    match failure.lock().map(|f| f.clone()) {
+        Ok(None) => Ok(report),
+        Ok(Some(e)) => Err(ImportError::Reader(e)),
+        Err(_) => Err(ImportError::Reader("reader state poisoned".into())),
+    }
+}
+
+fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> ScanReport {
+    let mut found = Found::default();
+    let mut csv = match TagCsv::new(reader) {
+        Ok(c) => c,
+        Err(e) => {
+            found.note(e);
+            return found.report(0);
+        }
+    };
+    let mut seen: std::collections::HashMap<u128, u64> = std::collections::HashMap::new();
+    let mut chunk: Vec<IssuedTag> = Vec::with_capacity(MAX_TAGS_PER_EVENT);
+    let mut sending = true;
+    while let Some(row) = csv.next_row() {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                found.note(e);
+                sending = false;
+                continue;
+            }
+        };
+        if let Some(&first) = seen.get(&row.tag_id.as_u128()) {
+            found.note(RowError {
+                line: row.line,
+                column: Some("tag_id".into()),
+                code: "duplicate_tag".into(),
+                message: format!("line {}: tag {} already appears on line {first}", row.line, row.tag_id),
+            });
+            sending = false;
+            continue;
+        }
+        seen.insert(row.tag_id.as_u128(), row.line);
+        if sending {
+            chunk.push(IssuedTag {
+                tag_id: row.tag_id,
+                serial: row.serial,
+            });
+            if chunk.len() == MAX_TAGS_PER_EVENT && chunks.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                sending = false;
+            }
+        }
+    }
+    let rows_read = csv.rows_read();
+    if rows_read == 0 && found.count == 0 {
+        found.note(RowError {
+            line: 1,
+            column: None,
+            code: "no_rows".into(),
+            message: "the file has a header but no tags".into(),
+        });
+    }
+    if sending && found.count == 0 && !chunk.is_empty() {
+        let _ = chunks.blocking_send(chunk);
+    }
+    found.report(rows_read)
+}
+
+/// Errors found so far: the first [`MAX_ERRORS_KEPT`] and the count of all.
+#[derive(Default)]
+struct Found {
+    kept: Vec<RowError>,
+    count: u64,
+}
+
+impl Found {
+    fn note(&mut self, e: RowError) {
+        self.count += 1;
+        if self.kept.len() < MAX_ERRORS_KEPT {
+            self.kept.push(e);
+        }
+    }
+
+    fn report(self, rows_read: u64) -> ScanReport {
+        ScanReport {
+            rows_read,
+            errors: self.kept,
+            error_count: self.count,
+        }
+    }
+}
+
+/// The stored upload as a `Read`, fetched one chunk at a time by an async task.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    current: Vec<u8>,
+    offset: usize,
+    /// Set when the upload could not be read: the import is retried, not rejected.
+    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ChunkReader {
+    fn spawn(pool: PgPool, import_id: Uuid) -> ChunkReader {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        tokio::spawn(async move {
+            let mut seq: i32 = 0;
+            loop {
+                let data: Result<Option<Vec<u8>>, sqlx::Error> =
+                    sqlx::query_scalar("SELECT data FROM import_chunks WHERE import_id = $1 AND seq = $2")
+                        .bind(import_id)
+                        .bind(seq)
+                        .fetch_optional(&pool)
+                        .await;
+                let item = match data {
+                    Ok(Some(d)) => Ok(d),
+                    Ok(None) => break,
+                    Err(e) => Err(e.to_string()),
+                };
+                let failed = item.is_err();
+                // A blocking send on a runtime thread: the channel is tiny and the reader
+                // drains it from its own blocking thread.
+                let tx = tx.clone();
+                let sent = tokio::task::spawn_blocking(move || tx.send(item)).await;
+                if failed || !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+                seq += 1;
+            }
+        });
+        ChunkReader {
+            rx,
+            current: Vec::new(),
+            offset: 0,
+            failure: Default::default(),
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.offset == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(next)) => {
+                    self.current = next;
+                    self.offset = 0;
+                }
+                Ok(Err(e)) => {
+                    if let Ok(mut f) = self.failure.lock() {
+                        *f = Some(e.clone());
+                    }
+                    return Err(std::io::Error::other(e));
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.offset);
+        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,4 @@
+//! Background workers. Today: the imports worker, which turns uploaded CSV files into
+//! `TagsIssued` events. The relay, projectors, scan recorder and anchor worker follow.
+
+pub mod imports;
