@@ -1,1 +1,263 @@
-//! placeholder
+//! Test harness: each test gets the real factory API on a free port, its own Postgres
+//! database (dropped afterwards) and its own Redis key prefix, so tests run in parallel.
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::time::Duration;
+use uuid::Uuid;
+use voketag_commands::auth::DevIdp;
+use voketag_commands::store::EventStore;
+use voketag_domain::Role;
+use voketag_domain::factory::{Factory, FactoryCommand};
+use voketag_platform::redis::RedisPool;
+use voketag_platform::{Settings, db, redis};
+use voketag_schemas::EventMetadata;
+
+/// The server every test database lives on (`VOKETAG_TEST_DATABASE_URL` overrides).
+pub fn admin_database_url() -> String {
+    std::env::var("VOKETAG_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("VOKETAG_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A fresh, migrated database that is dropped when this value is.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("vt_test_{}", Uuid::new_v4().simple());
+        let mut settings = Settings {
+            database_url: admin_database_url(),
+            ..Settings::default()
+        };
+        settings.database_url = settings.database_url_for(&name);
+        db::ensure_database(&settings.database_url).await.expect("create the test database");
+        let pool = db::connect_url(&settings.database_url, 10).await.expect("connect to the test database");
+        db::migrate(&pool).await.expect("migrate the test database");
+        TestDb {
+            name,
+            url: settings.database_url,
+            pool,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Async work in Drop: a thread with its own runtime, joined so the drop is done.
+        // The pool belongs to the test's runtime, which this thread blocks: it is not
+        // closed here; FORCE ends its connections.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(admin) = db::connect_url(&admin_database_url(), 1).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub db: TestDb,
+    pub redis: RedisPool,
+    pub settings: Settings,
+    pub idp: DevIdp,
+    pub http: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    voketag_platform::telemetry::init_for_tests();
+    let db = TestDb::new().await;
+    let mut settings = Settings {
+        database_url: db.url.clone(),
+        redis_url: redis_url(),
+        redis_prefix: format!("vt:test:{}:", Uuid::new_v4().simple()),
+        factory_addr: "127.0.0.1:0".parse().expect("a literal address"),
+        db_max_connections: 10,
+        ..Settings::default()
+    };
+    configure(&mut settings);
+    let redis = redis::connect(&settings).await.expect("connect to Redis");
+    let app = voketag_commands::api::build_with(settings.clone(), db.pool.clone(), redis.clone())
+        .await
+        .expect("build the factory API");
+    let addr = app.local_addr().expect("bound address");
+    tokio::spawn(app.run_until_stopped());
+    let idp = DevIdp::load_or_create(&db.pool, settings.jwt_issuer.clone(), settings.jwt_audience.clone())
+        .await
+        .expect("dev identity provider");
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        db,
+        redis,
+        settings,
+        idp,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client"),
+    }
+}
+
+/// Who sends a request.
+#[derive(Debug, Clone)]
+pub enum As {
+    Nobody,
+    Token(String),
+    ApiKey(String),
+}
+
+impl TestApp {
+    pub fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    pub fn store(&self) -> EventStore {
+        EventStore::new(self.db.pool.clone())
+    }
+
+    /// Registers a factory directly through the event store.
+    pub async fn factory(&self, name: &str) -> Uuid {
+        let id = Uuid::now_v7();
+        self.store()
+            .execute::<Factory>(
+                &id.to_string(),
+                FactoryCommand::RegisterFactory { name: name.into() },
+                &EventMetadata {
+                    actor: "test".into(),
+                    factory_id: id.to_string(),
+                    ..EventMetadata::default()
+                },
+                None,
+            )
+            .await
+            .expect("register factory");
+        id
+    }
+
+    pub fn token(&self, factory: Uuid, role: Role) -> As {
+        As::Token(
+            self.idp
+                .mint(&format!("{role}-user"), factory, role, Duration::from_secs(3600))
+                .expect("mint a token"),
+        )
+    }
+
+    pub fn request(&self, method: Method, path: &str, who: &As) -> RequestBuilder {
+        let r = self.http.request(method, format!("{}{}", self.base, path));
+        match who {
+            As::Nobody => r,
+            As::Token(t) => r.bearer_auth(t),
+            As::ApiKey(k) => r.header("x-api-key", k),
+        }
+    }
+
+    pub async fn send(&self, method: Method, path: &str, who: &As, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self.request(method, path, who);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let response = r.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, who: &As) -> (StatusCode, Value) {
+        self.send(Method::GET, path, who, None).await
+    }
+
+    pub async fn post(&self, path: &str, who: &As, body: Value) -> (StatusCode, Value) {
+        self.send(Method::POST, path, who, Some(body)).await
+    }
+
+    /// A product through the API; returns its id.
+    pub async fn product(&self, who: &As, gtin: &str) -> Uuid {
+        let (status, body) = self
+            .post(
+                "/v1/products",
+                who,
+                serde_json::json!({"gtin": gtin, "name": "Serum", "brand": "Acme", "intended_markets": ["BR", "US"]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        id_of(&body)
+    }
+
+    /// A draft batch through the API; returns its id.
+    pub async fn batch(&self, who: &As, product: Uuid, lot: &str) -> Uuid {
+        let (status, body) = self
+            .post(
+                "/v1/batches",
+                who,
+                serde_json::json!({"product_id": product, "lot": lot, "production_date": "2026-11-01"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        id_of(&body)
+    }
+
+    /// Uploads a CSV; returns the status and body of the answer.
+    pub async fn upload(&self, who: &As, batch: Uuid, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let response = self
+            .request(Method::POST, &format!("/v1/batches/{batch}/imports"), who)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("upload sent");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs the imports worker until nothing is pending.
+    pub async fn drain_imports(&self) {
+        voketag_workers::imports::ImportWorker::new(self.db.pool.clone())
+            .drain()
+            .await
+            .expect("imports worker pass");
+    }
+}
+
+pub fn id_of(body: &Value) -> Uuid {
+    body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no id in {body}"))
+}
+
+/// The path of the `voketag` binary built next to this test binary.
+pub fn voketag_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/voketag
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile directory");
+    let bin = dir.join("voketag");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p voketag-deploy`; the test command does)",
+        bin.display()
+    );
+    bin
+}

@@ -14,7 +14,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use voketag_commands::import::csv::{RowError, TagCsv};
+use voketag_commands::import::csv::{RowError, SeenTags, TagCsv, duplicate};
 use voketag_commands::import::{MAX_ERRORS_KEPT, NOTIFY_CHANNEL};
 use voketag_commands::store::{CommandError, EventStore};
 use voketag_domain::MAX_TAGS_PER_EVENT;
@@ -333,7 +333,7 @@ fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> ScanR
             return found.report(0);
         }
     };
-    let mut seen: std::collections::HashMap<u128, u64> = std::collections::HashMap::new();
+    let mut seen = SeenTags::default();
     let mut chunk: Vec<IssuedTag> = Vec::with_capacity(MAX_TAGS_PER_EVENT);
     let mut sending = true;
     while let Some(row) = csv.next_row() {
@@ -345,17 +345,11 @@ fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> ScanR
                 continue;
             }
         };
-        if let Some(&first) = seen.get(&row.tag_id.as_u128()) {
-            found.note(RowError {
-                line: row.line,
-                column: Some("tag_id".into()),
-                code: "duplicate_tag".into(),
-                message: format!("line {}: tag {} already appears on line {first}", row.line, row.tag_id),
-            });
+        if let Some(first) = seen.first_line(&row.tag_id, row.line) {
+            found.note(duplicate(&row, first));
             sending = false;
             continue;
         }
-        seen.insert(row.tag_id.as_u128(), row.line);
         if sending {
             chunk.push(IssuedTag {
                 tag_id: row.tag_id,
@@ -367,14 +361,6 @@ fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> ScanR
         }
     }
     let rows_read = csv.rows_read();
-    if rows_read == 0 && found.count == 0 {
-        found.note(RowError {
-            line: 1,
-            column: None,
-            code: "no_rows".into(),
-            message: "the file has a header but no tags".into(),
-        });
-    }
     if sending && found.count == 0 && !chunk.is_empty() {
         let _ = chunks.blocking_send(chunk);
     }

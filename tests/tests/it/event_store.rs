@@ -1,0 +1,205 @@
+//! The event store: immutability, the outbox columns, optimistic concurrency, snapshots
+//! and migrations that are safe to repeat and to run concurrently.
+
+use std::process::Command;
+use uuid::Uuid;
+use voketag_commands::store::CommandError;
+use voketag_domain::batch::{Batch, BatchCommand};
+use voketag_domain::factory::{Factory, FactoryCommand};
+use voketag_platform::db;
+use voketag_schemas::EventMetadata;
+use voketag_tests::{TestDb, voketag_binary};
+
+fn meta() -> EventMetadata {
+    EventMetadata {
+        actor: "test".into(),
+        factory_id: "f".into(),
+        request_id: "r".into(),
+        correlation_id: "c".into(),
+        causation_id: "x".into(),
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    }
+}
+
+#[tokio::test]
+async fn events_can_be_neither_updated_nor_deleted_nor_truncated() {
+    let db = TestDb::new().await;
+    let store = voketag_commands::store::EventStore::new(db.pool.clone());
+    let id = Uuid::now_v7().to_string();
+    store
+        .execute::<Factory>(&id, FactoryCommand::RegisterFactory { name: "A".into() }, &meta(), None)
+        .await
+        .expect("register");
+    for sql in [
+        "UPDATE events SET event_type = 'Forged'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let e = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
+        assert!(e.to_string().contains("events are immutable"), "{sql}: {e}");
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&db.pool).await.expect("count");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn every_event_gets_a_global_position_its_transaction_and_a_timestamp() {
+    let db = TestDb::new().await;
+    let store = voketag_commands::store::EventStore::new(db.pool.clone());
+    for name in ["A", "B", "C"] {
+        store
+            .execute::<Factory>(&Uuid::now_v7().to_string(), FactoryCommand::RegisterFactory { name: name.into() }, &meta(), None)
+            .await
+            .expect("register");
+    }
+    let rows: Vec<(i64, String, chrono::DateTime<chrono::Utc>, String)> = sqlx::query_as(
+        "SELECT global_position, tx_id::text, recorded_at, metadata::text FROM events ORDER BY global_position",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("events");
+    assert_eq!(rows.len(), 3);
+    assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "positions rise");
+    assert!(rows.windows(2).all(|w| w[0].1 != w[1].1), "one transaction per command");
+    for (_, tx, at, metadata) in &rows {
+        assert!(tx.parse::<u64>().is_ok(), "tx_id is an xid8: {tx}");
+        assert!((chrono::Utc::now() - *at).num_seconds().abs() < 60);
+        let m: serde_json::Value = serde_json::from_str(metadata).expect("metadata json");
+        for key in EventMetadata::KEYS {
+            assert!(m[key].as_str().is_some_and(|v| !v.is_empty()), "metadata {key} in {m}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_version() {
+    let db = TestDb::new().await;
+    let store = voketag_commands::store::EventStore::new(db.pool.clone());
+    // The lookup tables' foreign keys want a factory and a product first.
+    let factory = Uuid::now_v7();
+    store
+        .execute::<Factory>(&factory.to_string(), FactoryCommand::RegisterFactory { name: "F".into() }, &meta(), None)
+        .await
+        .expect("factory");
+    let product = Uuid::now_v7();
+    store
+        .execute::<voketag_domain::product::Product>(
+            &product.to_string(),
+            voketag_domain::product::ProductCommand::RegisterProduct(voketag_domain::product::NewProduct {
+                factory_id: factory,
+                gtin: voketag_domain::Gtin::parse("09506000134352").expect("gtin"),
+                name: "P".into(),
+                brand: "B".into(),
+                description: String::new(),
+                intended_markets: vec![voketag_domain::Market::parse("BR").expect("market")],
+            }),
+            &meta(),
+            None,
+        )
+        .await
+        .expect("product");
+    let batch = Uuid::now_v7().to_string();
+    store
+        .execute::<Batch>(
+            &batch,
+            BatchCommand::CreateBatch(voketag_domain::batch::NewBatch {
+                factory_id: factory,
+                product_id: product,
+                product_markets: vec![voketag_domain::Market::parse("BR").expect("market")],
+                lot: "L".into(),
+                production_date: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"),
+                sell_by: None,
+                intended_markets: vec![],
+            }),
+            &meta(),
+            None,
+        )
+        .await
+        .expect("batch");
+
+    // Two units load version 1; the first to commit wins.
+    let mut first = store.begin::<Batch>(&batch, &meta()).await.expect("first");
+    let mut second = store.begin::<Batch>(&batch, &meta()).await.expect("second");
+    first.handle(BatchCommand::ActivateBatch).await.expect("activate");
+    first.commit().await.expect("first commits");
+    let err = match second.handle(BatchCommand::RecallBatch { reason: "x".into() }).await {
+        Err(e) => e,
+        Ok(_) => second.commit().await.map(|_| ()).expect_err("the second writer must conflict"),
+    };
+    let err = store.resolve::<Batch>(&batch, err).await;
+    assert!(matches!(err, CommandError::Conflict { current_version: 2 }), "{err:?}");
+
+    // An expected version that is not the current one is refused the same way.
+    let err = store
+        .execute::<Batch>(&batch, BatchCommand::CloseBatch, &meta(), Some(1))
+        .await
+        .expect_err("stale expected version");
+    assert!(matches!(err, CommandError::Conflict { current_version: 2 }), "{err:?}");
+    let (_, v) = store
+        .execute::<Batch>(&batch, BatchCommand::CloseBatch, &meta(), Some(2))
+        .await
+        .expect("current expected version");
+    assert_eq!(v, 3);
+    let snapshot: i64 = sqlx::query_scalar("SELECT last_sequence FROM snapshots WHERE aggregate_id = $1")
+        .bind(&batch)
+        .fetch_one(&db.pool)
+        .await
+        .expect("snapshot");
+    assert_eq!(snapshot, 3, "the snapshot follows every commit");
+}
+
+#[tokio::test]
+async fn migrations_are_safe_to_repeat_and_to_run_concurrently() {
+    let db = TestDb::new().await;
+    // Already migrated once by TestDb; again, twice at the same time, in-process.
+    let (a, b) = tokio::join!(db::migrate(&db.pool), db::migrate(&db.pool));
+    a.expect("first concurrent migrate");
+    b.expect("second concurrent migrate");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&db.pool)
+        .await
+        .expect("migrations table");
+    assert_eq!(applied as usize, db::MIGRATOR.iter().count());
+
+    // And from two `voketag migrate` processes on a fresh database.
+    let fresh = format!("vt_test_{}", Uuid::new_v4().simple());
+    let url = voketag_platform::Settings {
+        database_url: voketag_tests::admin_database_url(),
+        ..Default::default()
+    }
+    .database_url_for(&fresh);
+    db::ensure_database(&url).await.expect("fresh database");
+    let spawn = || {
+        Command::new(voketag_binary())
+            .arg("migrate")
+            .env("VOKETAG_DATABASE_URL", &url)
+            .env("VOKETAG_LOG_FILTER", "warn")
+            .output()
+    };
+    let (x, y) = std::thread::scope(|s| {
+        let x = s.spawn(spawn);
+        let y = s.spawn(spawn);
+        (x.join().expect("thread"), y.join().expect("thread"))
+    });
+    for out in [x.expect("run migrate"), y.expect("run migrate")] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let pool = db::connect_url(&url, 1).await.expect("connect");
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.expect("count");
+    assert_eq!(tables as usize, db::MIGRATOR.iter().count());
+    pool.close().await;
+    let admin = db::connect_url(&voketag_tests::admin_database_url(), 1).await.expect("admin");
+    sqlx::query(&format!("DROP DATABASE \"{fresh}\" WITH (FORCE)")).execute(&admin).await.expect("drop");
+}
+
+#[tokio::test]
+async fn a_bad_setting_stops_the_binary_with_the_variable_named() {
+    let out = Command::new(voketag_binary())
+        .arg("migrate")
+        .env("VOKETAG_DB_MAX_CONNECTIONS", "lots")
+        .output()
+        .expect("run voketag");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("VOKETAG_DB_MAX_CONNECTIONS"), "{stderr}");
+}

@@ -1,0 +1,322 @@
+//! CSV imports end to end: intake, the imports worker, every kind of bad file, and a
+//! worker killed with SIGKILL in the middle of an import.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use voketag_domain::Role;
+use voketag_tests::{As, TestApp, spawn_app, spawn_app_with, voketag_binary};
+
+async fn setup(app: &TestApp) -> (As, Uuid) {
+    let factory = app.factory("Acme").await;
+    let user = app.token(factory, Role::FactoryUser);
+    let product = app.product(&user, "09506000134352").await;
+    let batch = app.batch(&user, product, "L-1").await;
+    (user, batch)
+}
+
+fn csv_of(ids: &[Uuid]) -> Vec<u8> {
+    let mut s = String::from("tag_id\n");
+    for id in ids {
+        s.push_str(&id.to_string());
+        s.push('\n');
+    }
+    s.into_bytes()
+}
+
+async fn import_status(app: &TestApp, who: &As, id: Uuid) -> Value {
+    let (status, body) = app.get(&format!("/v1/imports/{id}"), who).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(app.pool()).await.expect("count query")
+}
+
+/// Uploads, runs the worker, and returns the import as the API shows it.
+async fn import(app: &TestApp, who: &As, batch: Uuid, body: Vec<u8>) -> Value {
+    let (status, accepted) = app.upload(who, batch, "text/csv", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    app.drain_imports().await;
+    import_status(app, who, voketag_tests::id_of(&accepted)).await
+}
+
+#[tokio::test]
+async fn a_clean_file_issues_every_tag_in_chunks_of_ten_thousand() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let ids: Vec<Uuid> = (0..25_001).map(|_| Uuid::new_v4()).collect();
+    // A BOM, CRLF line ends and a serial column are all accepted.
+    let mut body = b"\xEF\xBB\xBFtag_id,serial\r\n".to_vec();
+    for (i, id) in ids.iter().enumerate() {
+        body.extend_from_slice(format!("{id},SN-{i}\r\n").as_bytes());
+    }
+    let done = import(&app, &user, batch, body).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["rows_read"], 25_001);
+    assert_eq!(done["tags_issued"], 25_001);
+    assert_eq!(done["error_count"], 0);
+
+    let sizes: Vec<i64> = sqlx::query_scalar(
+        "SELECT json_array_length(payload->'TagsIssued'->'tags')::bigint FROM events
+          WHERE event_type = 'TagsIssued' ORDER BY sequence",
+    )
+    .fetch_all(app.pool())
+    .await
+    .expect("events");
+    assert_eq!(sizes, [10_000, 10_000, 5_001]);
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT t.value->>'tag_id'
+           FROM events, json_array_elements(payload->'TagsIssued'->'tags') WITH ORDINALITY t
+          WHERE event_type = 'TagsIssued' ORDER BY global_position, t.ordinality",
+    )
+    .fetch_all(app.pool())
+    .await
+    .expect("tag ids");
+    let expected: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    assert_eq!(stored, expected, "every tag, once, in file order");
+    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 25_001);
+    let (_, b) = app.get(&format!("/v1/batches/{batch}"), &user).await;
+    assert_eq!(b["tag_count"], 25_001);
+    // The upload is gone once processed; the events are the record.
+    assert_eq!(count(&app, "SELECT count(*) FROM import_chunks").await, 0);
+}
+
+struct Bad {
+    name: &'static str,
+    body: Vec<u8>,
+    code: &'static str,
+    line: u64,
+}
+
+fn bad_files() -> Vec<Bad> {
+    let a = Uuid::new_v4();
+    let b = Uuid::new_v4();
+    vec![
+        Bad { name: "malformed uuid", body: format!("tag_id\n{a}\nnot-a-uuid\n").into_bytes(), code: "invalid_uuid", line: 3 },
+        Bad { name: "no header", body: format!("{a}\n{b}\n").into_bytes(), code: "missing_header", line: 1 },
+        Bad { name: "no tag_id column", body: format!("serial\n{a}\n").into_bytes(), code: "missing_tag_id_column", line: 1 },
+        Bad { name: "wrong column count", body: format!("tag_id,serial\n{a},S1\n{b},S2,extra\n").into_bytes(), code: "wrong_column_count", line: 3 },
+        Bad { name: "duplicate inside the file", body: format!("tag_id\n{a}\n{b}\n{a}\n").into_bytes(), code: "duplicate_tag", line: 4 },
+        Bad {
+            name: "non-UTF-8 bytes",
+            body: [format!("tag_id,serial\n{a},ok\n{b},").into_bytes(), vec![0xff, 0xfe], b"\n".to_vec()].concat(),
+            code: "invalid_utf8",
+            line: 3,
+        },
+        Bad { name: "header only", body: b"tag_id\n".to_vec(), code: "no_rows", line: 1 },
+        Bad { name: "blank file", body: b"\n\n  \n".to_vec(), code: "empty_file", line: 1 },
+    ]
+}
+
+#[tokio::test]
+async fn each_kind_of_bad_file_is_rejected_whole_with_its_own_error() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    for bad in bad_files() {
+        let done = import(&app, &user, batch, bad.body).await;
+        assert_eq!(done["status"], "rejected", "{}: {done}", bad.name);
+        assert_eq!(done["tags_issued"], 0, "{}", bad.name);
+        let first = &done["errors"][0];
+        assert_eq!(first["code"], bad.code, "{}: {done}", bad.name);
+        assert_eq!(first["line"], bad.line, "{}: {done}", bad.name);
+        assert!(first["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", bad.name);
+    }
+    // Nothing of any rejected file was issued: no half-applied import.
+    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'").await, 0);
+}
+
+#[tokio::test]
+async fn one_bad_row_among_many_good_ones_rejects_the_whole_file() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let mut body = String::from("tag_id\n");
+    for i in 0..30_000 {
+        if i == 29_000 {
+            body.push_str("zzz\n");
+        } else {
+            body.push_str(&format!("{}\n", Uuid::new_v4()));
+        }
+    }
+    let done = import(&app, &user, batch, body.into_bytes()).await;
+    assert_eq!(done["status"], "rejected");
+    assert_eq!(done["errors"][0]["line"], 29_002);
+    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'").await, 0);
+}
+
+#[tokio::test]
+async fn tags_issued_before_are_refused_with_their_lines() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let old: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    let first = import(&app, &user, batch, csv_of(&old)).await;
+    assert_eq!(first["status"], "completed", "{first}");
+
+    let fresh = Uuid::new_v4();
+    let second = import(&app, &user, batch, csv_of(&[fresh, old[1]])).await;
+    assert_eq!(second["status"], "rejected", "{second}");
+    assert_eq!(second["error_count"], 1);
+    assert_eq!(second["errors"][0]["code"], "tag_already_issued");
+    assert_eq!(second["errors"][0]["line"], 3);
+    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 3, "the fresh tag was not issued either");
+}
+
+#[tokio::test]
+async fn errors_are_capped_at_a_thousand_and_all_counted() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let body = format!("tag_id\n{}", "bad\n".repeat(1_500));
+    let done = import(&app, &user, batch, body.into_bytes()).await;
+    assert_eq!(done["status"], "rejected");
+    assert_eq!(done["error_count"], 1_500);
+    assert_eq!(done["errors"].as_array().map(Vec::len), Some(1_000));
+    assert_eq!(done["rows_read"], 1_500);
+}
+
+#[tokio::test]
+async fn the_intake_refuses_empty_files_wrong_content_types_and_oversized_files() {
+    let app = spawn_app_with(|s| s.import_max_bytes = 1_000).await;
+    let (user, batch) = setup(&app).await;
+
+    let (status, body) = app.upload(&user, batch, "text/csv", Vec::new()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "empty_file");
+
+    let (status, body) = app.upload(&user, batch, "application/json", csv_of(&[Uuid::new_v4()])).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
+    assert!(body["error"]["message"].as_str().unwrap_or("").contains("text/csv"));
+
+    let big = csv_of(&(0..40).map(|_| Uuid::new_v4()).collect::<Vec<_>>());
+    let (status, body) = app.upload(&user, batch, "text/csv; charset=utf-8", big.clone()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "file_too_large");
+
+    // Without a Content-Length (chunked), the limit is enforced while streaming.
+    let stream = chunked(big);
+    let response = app
+        .request(reqwest::Method::POST, &format!("/v1/batches/{batch}/imports"), &user)
+        .header("content-type", "text/csv")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .expect("chunked upload");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(count(&app, "SELECT count(*) FROM imports").await, 0, "refused uploads leave nothing behind");
+}
+
+/// The body in 100-byte pieces, sent chunked (no Content-Length).
+fn chunked(data: Vec<u8>) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + Sync + 'static {
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = data.chunks(100).map(|c| Ok(c.to_vec())).collect();
+    futures::stream::iter(pieces)
+}
+
+#[tokio::test]
+async fn imports_into_a_recalled_batch_are_refused() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let (status, body) = app.upload(&user, batch, "text/csv", csv_of(&[Uuid::new_v4()])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Recalled after upload, before the worker ran: the worker refuses it.
+    let (status, _) = app
+        .post(&format!("/v1/batches/{batch}/recall"), &user, serde_json::json!({"reason": "contamination"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.drain_imports().await;
+    let done = import_status(&app, &user, voketag_tests::id_of(&body)).await;
+    assert_eq!(done["status"], "rejected", "{done}");
+    assert_eq!(done["errors"][0]["code"], "batch.issue_into_finished_batch");
+    // And the intake refuses new ones at once.
+    let (status, body) = app.upload(&user, batch, "text/csv", csv_of(&[Uuid::new_v4()])).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "batch.issue_into_finished_batch");
+}
+
+fn start_worker(app: &TestApp) -> Child {
+    Command::new(voketag_binary())
+        .args(["work", "imports"])
+        .env("VOKETAG_DATABASE_URL", &app.db.url)
+        .env("VOKETAG_REDIS_URL", &app.settings.redis_url)
+        .env("VOKETAG_LOG_FILTER", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start `voketag work imports`")
+}
+
+async fn wait_for(app: &TestApp, import: Uuid, wanted: &[&str], limit: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM imports WHERE import_id = $1")
+            .bind(import)
+            .fetch_one(app.pool())
+            .await
+            .expect("import status");
+        if wanted.contains(&status.as_str()) || started.elapsed() > limit {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let n = 150_000;
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+    let (status, accepted) = app.upload(&user, batch, "text/csv", csv_of(&ids)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let import = voketag_tests::id_of(&accepted);
+
+    // Kill the worker at several moments while it works, each time checking that what is
+    // committed is all or nothing.
+    for delay_ms in [0u64, 150, 400] {
+        let mut worker = start_worker(&app);
+        let seen = wait_for(&app, import, &["validating", "applying", "completed"], Duration::from_secs(60)).await;
+        assert_ne!(seen, "completed", "the worker finished before it could be killed");
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        worker.kill().expect("SIGKILL the worker");
+        let _ = worker.wait();
+        let status: String = sqlx::query_scalar("SELECT status FROM imports WHERE import_id = $1")
+            .bind(import)
+            .fetch_one(app.pool())
+            .await
+            .expect("status");
+        let registered = count(&app, "SELECT count(*) FROM tag_registry").await;
+        let events = count(&app, "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'").await;
+        if status == "completed" {
+            break;
+        }
+        assert_eq!((registered, events), (0, 0), "killed after {delay_ms} ms while {status}: nothing may be half-applied");
+    }
+
+    let mut worker = start_worker(&app);
+    let status = wait_for(&app, import, &["completed", "rejected"], Duration::from_secs(120)).await;
+    worker.kill().expect("stop the worker");
+    let _ = worker.wait();
+    assert_eq!(status, "completed");
+    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, n as i64);
+    assert_eq!(count(&app, "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'").await, 15);
+    let issued: i64 = count(
+        &app,
+        "SELECT count(DISTINCT t->>'tag_id') FROM events, json_array_elements(payload->'TagsIssued'->'tags') t
+          WHERE event_type = 'TagsIssued'",
+    )
+    .await;
+    assert_eq!(issued, n as i64, "each tag exactly once");
+    let done = import_status(&app, &user, import).await;
+    assert_eq!(done["tags_issued"], n);
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM imports WHERE import_id = $1")
+        .bind(import)
+        .fetch_one(app.pool())
+        .await
+        .expect("attempts");
+    assert!(attempts >= 2, "the import was resumed after a kill (attempts {attempts})");
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of VokeTag against real Postgres and Redis: one test binary, so linking
+//! is paid once.
+
+mod api;
+mod event_store;
+mod imports;
+mod rbac;
