@@ -14,7 +14,11 @@ fn id(aggregate_id: &str) -> Result<Uuid, sqlx::Error> {
 }
 
 impl Indexed for Factory {
-    async fn index(conn: &mut PgConnection, aggregate_id: &str, events: &[FactoryEvent]) -> Result<(), sqlx::Error> {
+    async fn index(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        events: &[FactoryEvent],
+    ) -> Result<(), sqlx::Error> {
         for e in events {
             match e {
                 FactoryEvent::FactoryRegistered { name } => {
@@ -31,16 +35,24 @@ impl Indexed for Factory {
 }
 
 impl Indexed for Product {
-    async fn index(conn: &mut PgConnection, aggregate_id: &str, events: &[ProductEvent]) -> Result<(), sqlx::Error> {
+    async fn index(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        events: &[ProductEvent],
+    ) -> Result<(), sqlx::Error> {
         for e in events {
             match e {
-                ProductEvent::ProductRegistered { factory_id, gtin, .. } => {
-                    sqlx::query("INSERT INTO products (product_id, factory_id, gtin) VALUES ($1, $2, $3)")
-                        .bind(id(aggregate_id)?)
-                        .bind(factory_id)
-                        .bind(gtin.as_str())
-                        .execute(&mut *conn)
-                        .await?;
+                ProductEvent::ProductRegistered {
+                    factory_id, gtin, ..
+                } => {
+                    sqlx::query(
+                        "INSERT INTO products (product_id, factory_id, gtin) VALUES ($1, $2, $3)",
+                    )
+                    .bind(id(aggregate_id)?)
+                    .bind(factory_id)
+                    .bind(gtin.as_str())
+                    .execute(&mut *conn)
+                    .await?;
                 }
             }
         }
@@ -49,7 +61,11 @@ impl Indexed for Product {
 }
 
 impl Indexed for Batch {
-    async fn index(conn: &mut PgConnection, aggregate_id: &str, events: &[BatchEvent]) -> Result<(), sqlx::Error> {
+    async fn index(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        events: &[BatchEvent],
+    ) -> Result<(), sqlx::Error> {
         let batch_id = id(aggregate_id)?;
         for e in events {
             match e {
@@ -88,7 +104,11 @@ impl Indexed for Batch {
 }
 
 impl Indexed for ApiKey {
-    async fn index(conn: &mut PgConnection, aggregate_id: &str, events: &[ApiKeyEvent]) -> Result<(), sqlx::Error> {
+    async fn index(
+        conn: &mut PgConnection,
+        aggregate_id: &str,
+        events: &[ApiKeyEvent],
+    ) -> Result<(), sqlx::Error> {
         let key_id = id(aggregate_id)?;
         for e in events {
             match e {

@@ -63,10 +63,14 @@ fn taken(constraint: &str) -> Option<(&'static str, &'static str)> {
             "product.gtin_taken",
             "this factory already registered a product with that GTIN",
         ),
-        "batches_lot_once_per_product" => {
-            ("batch.lot_taken", "this product already has a batch with that lot")
-        }
-        "tag_registry_pkey" => ("tag.already_issued", "a tag with that id was already issued"),
+        "batches_lot_once_per_product" => (
+            "batch.lot_taken",
+            "this product already has a batch with that lot",
+        ),
+        "tag_registry_pkey" => (
+            "tag.already_issued",
+            "a tag with that id was already issued",
+        ),
         "api_keys_prefix_key" => ("api_key.prefix_taken", "API key prefix collision; retry"),
         _ => return None,
     })
@@ -129,7 +133,11 @@ impl EventStore {
     }
 
     /// The current version of an aggregate, read without loading it.
-    pub async fn version_of(&self, aggregate_type: &str, aggregate_id: &str) -> Result<u64, CommandError> {
+    pub async fn version_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<u64, CommandError> {
         let v: Option<i64> = sqlx::query_scalar(
             "SELECT max(sequence) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
@@ -244,7 +252,8 @@ where
             sequences.push((self.version + 1 + i as u64) as i64);
             types.push(e.event_type());
             versions.push(e.event_version());
-            payloads.push(serde_json::to_string(e).map_err(|e| CommandError::Corrupt(e.to_string()))?);
+            payloads
+                .push(serde_json::to_string(e).map_err(|e| CommandError::Corrupt(e.to_string()))?);
         }
         sqlx::query(
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
@@ -296,7 +305,9 @@ where
         let result = self.tx.commit().await.map_err(classify);
         match result {
             Ok(()) => Ok((self.aggregate, self.version)),
-            Err(CommandError::Conflict { .. }) => Err(self.store.conflict::<A>(&self.aggregate_id).await),
+            Err(CommandError::Conflict { .. }) => {
+                Err(self.store.conflict::<A>(&self.aggregate_id).await)
+            }
             Err(e) => Err(e),
         }
     }

@@ -16,16 +16,20 @@ use voketag_platform::Settings;
 use voketag_schemas::EventMetadata;
 
 /// Fixed ids, so a second `--demo` finds the first one's data.
-const FACTORY: Uuid = Uuid::from_u128(0x0199_0000_0000_7000_8000_00000000_0001);
-const PRODUCT: Uuid = Uuid::from_u128(0x0199_0000_0000_7000_8000_00000000_0002);
-const BATCH: Uuid = Uuid::from_u128(0x0199_0000_0000_7000_8000_00000000_0003);
+const FACTORY: Uuid = Uuid::from_u128(0x0199_0000_0000_7000_8000_0000_0000_0001);
+const PRODUCT: Uuid = Uuid::from_u128(0x0199_0000_0000_7000_8000_0000_0000_0002);
+const BATCH: Uuid = Uuid::from_u128(0x0199_0000_0000_7000_8000_0000_0000_0003);
 const DEMO_TAGS: u128 = 5;
 
 fn tag(i: u128) -> Uuid {
     Uuid::from_u128(0x0199_0000_0000_7000_8000_0000_0001_0000 + i)
 }
 
-pub async fn seed(settings: &Settings, pool: &sqlx::PgPool, addr: SocketAddr) -> anyhow::Result<()> {
+pub async fn seed(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
     let store = EventStore::new(pool.clone());
     let meta = EventMetadata {
         actor: "system:demo".into(),
@@ -39,7 +43,14 @@ pub async fn seed(settings: &Settings, pool: &sqlx::PgPool, addr: SocketAddr) ->
     let us = Market::parse("US")?;
     if store.load::<Factory>(&FACTORY.to_string()).await?.version == 0 {
         store
-            .execute::<Factory>(&FACTORY.to_string(), FactoryCommand::RegisterFactory { name: "Demo Factory".into() }, &meta, None)
+            .execute::<Factory>(
+                &FACTORY.to_string(),
+                FactoryCommand::RegisterFactory {
+                    name: "Demo Factory".into(),
+                },
+                &meta,
+                None,
+            )
             .await?;
         store
             .execute::<Product>(
@@ -80,15 +91,28 @@ pub async fn seed(settings: &Settings, pool: &sqlx::PgPool, addr: SocketAddr) ->
         unit.handle(BatchCommand::ActivateBatch).await?;
         unit.commit().await?;
     }
-    let idp = DevIdp::load_or_create(pool, settings.jwt_issuer.clone(), settings.jwt_audience.clone()).await?;
-    let token = idp.mint("demo-user", FACTORY, Role::FactoryUser, Duration::from_secs(12 * 3600))?;
+    let idp = DevIdp::load_or_create(
+        pool,
+        settings.jwt_issuer.clone(),
+        settings.jwt_audience.clone(),
+    )
+    .await?;
+    let token = idp.mint(
+        "demo-user",
+        FACTORY,
+        Role::FactoryUser,
+        Duration::from_secs(12 * 3600),
+    )?;
     let key = generate();
     store
         .execute::<ApiKey>(
             &Uuid::now_v7().to_string(),
             ApiKeyCommand::IssueApiKey {
                 factory_id: FACTORY,
-                name: format!("demo key {}", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S")),
+                name: format!(
+                    "demo key {}",
+                    chrono::Utc::now().format("%Y-%m-%d %H:%M:%S")
+                ),
                 role: Role::FactoryUser,
                 prefix: key.prefix.clone(),
                 secret_sha256: key.secret_sha256.clone(),
@@ -102,13 +126,22 @@ pub async fn seed(settings: &Settings, pool: &sqlx::PgPool, addr: SocketAddr) ->
     println!("  factory id  {FACTORY}");
     println!("  product     {base}/v1/products/{PRODUCT}");
     println!("  batch       {base}/v1/batches/{BATCH}");
-    println!("  tags        {}", (1..=DEMO_TAGS).map(|i| tag(i).to_string()).collect::<Vec<_>>().join(" "));
+    println!(
+        "  tags        {}",
+        (1..=DEMO_TAGS)
+            .map(|i| tag(i).to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     println!("\n  token (factory_user, 12 h):\n    {token}");
     println!("  API key (shown once):\n    {}", key.full_key);
     println!("\nTry:");
     println!("  curl -H 'Authorization: Bearer {token}' {base}/v1/batches/{BATCH}");
     println!("  curl -H 'X-API-Key: {}' {base}/v1/products", key.full_key);
-    println!("  printf 'tag_id\\n%s\\n' $(cat /proc/sys/kernel/random/uuid) | curl -H 'X-API-Key: {}' -H 'Content-Type: text/csv' --data-binary @- {base}/v1/batches/{BATCH}/imports", key.full_key);
+    println!(
+        "  printf 'tag_id\\n%s\\n' $(cat /proc/sys/kernel/random/uuid) | curl -H 'X-API-Key: {}' -H 'Content-Type: text/csv' --data-binary @- {base}/v1/batches/{BATCH}/imports",
+        key.full_key
+    );
     println!("  curl {base}/openapi.json\n");
     Ok(())
 }

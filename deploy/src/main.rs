@@ -109,16 +109,22 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { demo } => up(settings, demo).await,
-        Command::Serve { api: ServeCommand::Factory } => {
+        Command::Serve {
+            api: ServeCommand::Factory,
+        } => {
             telemetry::init("factory-api", &settings);
             let app = voketag_commands::build(settings).await?;
             tracing::info!(addr = %app.local_addr()?, "factory API listening");
             app.run_until_stopped().await?;
             Ok(())
         }
-        Command::Work { worker: WorkCommand::Imports } => {
+        Command::Work {
+            worker: WorkCommand::Imports,
+        } => {
             telemetry::init("imports-worker", &settings);
-            let pool = db::connect(&settings).await.context("connecting to Postgres")?;
+            let pool = db::connect(&settings)
+                .await
+                .context("connecting to Postgres")?;
             voketag_workers::imports::ImportWorker::new(pool)
                 .run(voketag_platform::shutdown_signal())
                 .await?;
@@ -126,23 +132,34 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             telemetry::init("migrate", &settings);
-            let pool = db::connect(&settings).await.context("connecting to Postgres")?;
+            let pool = db::connect(&settings)
+                .await
+                .context("connecting to Postgres")?;
             db::migrate(&pool).await.context("applying migrations")?;
             println!("migrations applied");
             Ok(())
         }
         Command::Token { command } => {
-            let pool = db::connect(&settings).await.context("connecting to Postgres")?;
-            let idp = DevIdp::load_or_create(&pool, settings.jwt_issuer.clone(), settings.jwt_audience.clone())
+            let pool = db::connect(&settings)
                 .await
-                .context("loading the development signing key (run `voketag migrate` first)")?;
+                .context("connecting to Postgres")?;
+            let idp = DevIdp::load_or_create(
+                &pool,
+                settings.jwt_issuer.clone(),
+                settings.jwt_audience.clone(),
+            )
+            .await
+            .context("loading the development signing key (run `voketag migrate` first)")?;
             match command {
                 TokenCommand::Mint {
                     factory,
                     role,
                     sub,
                     ttl_minutes,
-                } => println!("{}", idp.mint(&sub, factory, role, Duration::from_secs(ttl_minutes * 60))?),
+                } => println!(
+                    "{}",
+                    idp.mint(&sub, factory, role, Duration::from_secs(ttl_minutes * 60))?
+                ),
                 TokenCommand::Jwks => println!("{}", serde_json::to_string_pretty(&idp.jwks())?),
             }
             Ok(())
@@ -157,7 +174,9 @@ async fn up(settings: Settings, demo: bool) -> anyhow::Result<()> {
     db::ensure_database(&settings.database_url)
         .await
         .context("creating the database")?;
-    let pool = db::connect(&settings).await.context("connecting to Postgres")?;
+    let pool = db::connect(&settings)
+        .await
+        .context("connecting to Postgres")?;
     db::migrate(&pool).await.context("applying migrations")?;
     let redis = voketag_platform::redis::connect(&settings)
         .await
@@ -165,7 +184,9 @@ async fn up(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let app = voketag_commands::api::build_with(settings.clone(), pool.clone(), redis).await?;
     let addr = app.local_addr()?;
     if demo {
-        demo::seed(&settings, &pool, addr).await.context("seeding demo data")?;
+        demo::seed(&settings, &pool, addr)
+            .await
+            .context("seeding demo data")?;
     }
     tracing::info!(%addr, "factory API listening");
     let worker = voketag_workers::imports::ImportWorker::new(pool.clone());

@@ -300,7 +300,8 @@ impl Aggregate for Batch {
                 }
                 let reason = text(reason, "reason", 1, 500)
                     .map_err(|(field, max)| BatchError::TextLength { field, max })?;
-                sink.write(BatchEvent::TagRevoked { tag_id, reason }, self).await;
+                sink.write(BatchEvent::TagRevoked { tag_id, reason }, self)
+                    .await;
             }
         }
         Ok(())
@@ -414,7 +415,9 @@ mod tests {
             .given_no_previous_events()
             .when_async(BatchCommand::CreateBatch(b))
             .await
-            .then_expect_error(BatchError::MarketOutsideProduct(Market::parse("DE").unwrap()));
+            .then_expect_error(BatchError::MarketOutsideProduct(
+                Market::parse("DE").unwrap(),
+            ));
     }
 
     #[tokio::test]
@@ -470,7 +473,11 @@ mod tests {
             reason: "contamination".into(),
         };
         Test::with(())
-            .given(vec![created(), BatchEvent::BatchActivated, BatchEvent::BatchClosed])
+            .given(vec![
+                created(),
+                BatchEvent::BatchActivated,
+                BatchEvent::BatchClosed,
+            ])
             .when_async(BatchCommand::RecallBatch {
                 reason: " contamination ".into(),
             })
@@ -490,9 +497,7 @@ mod tests {
         Test::with(())
             .given(vec![
                 created(),
-                BatchEvent::BatchRecalled {
-                    reason: "x".into(),
-                },
+                BatchEvent::BatchRecalled { reason: "x".into() },
             ])
             .when_async(BatchCommand::IssueTags {
                 import_id: None,

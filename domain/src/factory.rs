@@ -83,7 +83,8 @@ impl Aggregate for Factory {
                 if name.is_empty() || name.chars().count() > 200 {
                     return Err(FactoryError::InvalidName);
                 }
-                sink.write(FactoryEvent::FactoryRegistered { name }, self).await;
+                sink.write(FactoryEvent::FactoryRegistered { name }, self)
+                    .await;
             }
         }
         Ok(())
@@ -107,12 +108,20 @@ mod tests {
     async fn registers_once_with_a_trimmed_name() {
         Test::with(())
             .given_no_previous_events()
-            .when_async(FactoryCommand::RegisterFactory { name: "  Acme  ".into() })
+            .when_async(FactoryCommand::RegisterFactory {
+                name: "  Acme  ".into(),
+            })
             .await
-            .then_expect_events(vec![FactoryEvent::FactoryRegistered { name: "Acme".into() }]);
+            .then_expect_events(vec![FactoryEvent::FactoryRegistered {
+                name: "Acme".into(),
+            }]);
         Test::with(())
-            .given(vec![FactoryEvent::FactoryRegistered { name: "Acme".into() }])
-            .when_async(FactoryCommand::RegisterFactory { name: "Acme".into() })
+            .given(vec![FactoryEvent::FactoryRegistered {
+                name: "Acme".into(),
+            }])
+            .when_async(FactoryCommand::RegisterFactory {
+                name: "Acme".into(),
+            })
             .await
             .then_expect_error(FactoryError::AlreadyRegistered);
     }

@@ -88,9 +88,18 @@ mod tests {
     #[test]
     fn accepts_known_gtins_and_pads_to_14() {
         // GS1's own examples.
-        assert_eq!(Gtin::parse("09506000134352").unwrap().as_str(), "09506000134352");
-        assert_eq!(Gtin::parse("9506000134352").unwrap().as_str(), "09506000134352");
-        assert_eq!(Gtin::parse("614141000036").unwrap().as_str(), "00614141000036");
+        assert_eq!(
+            Gtin::parse("09506000134352").unwrap().as_str(),
+            "09506000134352"
+        );
+        assert_eq!(
+            Gtin::parse("9506000134352").unwrap().as_str(),
+            "09506000134352"
+        );
+        assert_eq!(
+            Gtin::parse("614141000036").unwrap().as_str(),
+            "00614141000036"
+        );
         assert_eq!(Gtin::parse("96385074").unwrap().as_str(), "00000096385074");
     }
 
@@ -98,13 +107,19 @@ mod tests {
     fn refuses_a_wrong_check_digit_and_says_which() {
         assert_eq!(
             Gtin::parse("09506000134353"),
-            Err(GtinError::CheckDigit { expected: 2, found: 3 })
+            Err(GtinError::CheckDigit {
+                expected: 2,
+                found: 3
+            })
         );
     }
 
     #[test]
     fn refuses_letters_and_wrong_lengths() {
-        assert!(matches!(Gtin::parse("95060001343a2"), Err(GtinError::NotDigits(_))));
+        assert!(matches!(
+            Gtin::parse("95060001343a2"),
+            Err(GtinError::NotDigits(_))
+        ));
         assert_eq!(Gtin::parse("123456789"), Err(GtinError::WrongLength(9)));
         assert!(matches!(Gtin::parse(""), Err(GtinError::NotDigits(_))));
     }

@@ -100,7 +100,13 @@ mod tests {
     #[test]
     fn lists_drop_duplicates_and_name_the_bad_entry() {
         let list = Market::parse_list(&["BR", "us", "BR"]).unwrap();
-        assert_eq!(list.iter().map(Market::as_str).collect::<Vec<_>>(), ["BR", "US"]);
-        assert_eq!(Market::parse_list(&["BR", "ZZ"]), Err(UnknownMarket("ZZ".into())));
+        assert_eq!(
+            list.iter().map(Market::as_str).collect::<Vec<_>>(),
+            ["BR", "US"]
+        );
+        assert_eq!(
+            Market::parse_list(&["BR", "ZZ"]),
+            Err(UnknownMarket("ZZ".into()))
+        );
     }
 }

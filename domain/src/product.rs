@@ -220,7 +220,10 @@ mod tests {
             .given_no_previous_events()
             .when_async(ProductCommand::RegisterProduct(p))
             .await
-            .then_expect_error(ProductError::TextLength { field: "brand", max: 200 });
+            .then_expect_error(ProductError::TextLength {
+                field: "brand",
+                max: 200,
+            });
     }
 
     #[tokio::test]

@@ -37,13 +37,17 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(admin)
         .await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&pool)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&pool)
+            .await?;
     if !exists {
         let quoted = name.replace('"', "\"\"");
-        match sqlx::query(&format!("CREATE DATABASE \"{quoted}\"")).execute(&pool).await {
+        match sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&pool)
+            .await
+        {
             Ok(_) => {}
             // Another process created it between our check and our CREATE.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, MatchedPath, Request};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -128,7 +128,8 @@ pub async fn observe(service: &'static str, request: Request, next: Next) -> Res
         ("status", status.to_string()),
     ];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels[..3]).record(latency.as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels[..3])
+        .record(latency.as_secs_f64());
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert(X_REQUEST_ID, v);
@@ -146,7 +147,8 @@ pub struct ApiError {
     pub code: String,
     pub message: String,
     pub details: serde_json::Value,
-    pub headers: HeaderMap,
+    /// Extra response headers (`Retry-After`, `WWW-Authenticate`); rarely more than one.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -156,7 +158,7 @@ impl ApiError {
             code: code.into(),
             message: message.into(),
             details: serde_json::Value::Object(Default::default()),
-            headers: HeaderMap::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -166,7 +168,7 @@ impl ApiError {
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.headers.push((name, value));
         self
     }
 
@@ -184,7 +186,11 @@ impl ApiError {
 
     /// Not found, also for another factory's resources, so nothing about them leaks.
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -233,7 +239,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
-        response.headers_mut().extend(self.headers);
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
         response
     }
 }
@@ -263,12 +271,14 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send the body as JSON with `Content-Type: application/json`",
         ),
-        JsonRejection::JsonDataError(e) => {
-            ApiError::unprocessable("invalid_body", format!("the body does not match the schema: {}", e.body_text()))
-        }
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {}", e.body_text()))
-        }
+        JsonRejection::JsonDataError(e) => ApiError::unprocessable(
+            "invalid_body",
+            format!("the body does not match the schema: {}", e.body_text()),
+        ),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not valid JSON: {}", e.body_text()),
+        ),
         other => ApiError::bad_request("invalid_body", other.body_text()),
     }
 }
@@ -289,7 +299,10 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
             Err(rejection) => Err(ApiError::bad_request("invalid_path", rejection.body_text())),
@@ -307,10 +320,16 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(rejection) => Err(ApiError::bad_request("invalid_query", rejection.body_text())),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_query",
+                rejection.body_text(),
+            )),
         }
     }
 }
@@ -346,7 +365,11 @@ pub async fn metrics() -> Response {
 pub fn readiness(checks: Vec<(&'static str, Result<(), String>)>) -> Response {
     let failing: Vec<_> = checks
         .iter()
-        .filter_map(|(name, r)| r.as_ref().err().map(|e| serde_json::json!({"dependency": name, "error": e})))
+        .filter_map(|(name, r)| {
+            r.as_ref()
+                .err()
+                .map(|e| serde_json::json!({"dependency": name, "error": e}))
+        })
         .collect();
     if failing.is_empty() {
         let ok: serde_json::Map<_, _> = checks
@@ -387,16 +410,30 @@ mod tests {
     #[test]
     fn traceparent_validation_follows_w3c() {
         assert!(valid_traceparent(&new_traceparent()));
-        assert!(valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert!(!valid_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
-        assert!(!valid_traceparent("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        assert!(!valid_traceparent("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01"));
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01"
+        ));
     }
 
     #[test]
     fn client_ids_are_bounded_and_visible_ascii() {
-        assert_eq!(acceptable_id(&HeaderValue::from_static("abc-1")), Some("abc-1".into()));
+        assert_eq!(
+            acceptable_id(&HeaderValue::from_static("abc-1")),
+            Some("abc-1".into())
+        );
         assert_eq!(acceptable_id(&HeaderValue::from_static("a b")), None);
-        assert_eq!(acceptable_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()), None);
+        assert_eq!(
+            acceptable_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()),
+            None
+        );
     }
 }

@@ -93,16 +93,21 @@ impl Settings {
     pub fn load() -> Result<Self, SettingsError> {
         // A missing .env is normal outside development.
         let _ = dotenvy::dotenv();
-        Self::from_figment(Figment::from(Serialized::defaults(Settings::default())).merge(
-            Env::prefixed("VOKETAG_").filter(|k| !k.as_str().is_empty()),
-        ))
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Env::prefixed("VOKETAG_").filter(|k| !k.as_str().is_empty())),
+        )
     }
 
     fn from_figment(figment: Figment) -> Result<Self, SettingsError> {
         let settings: Settings = figment.extract().map_err(|e| {
             let key = e.path.join(".");
             SettingsError {
-                variable: if key.is_empty() { "VOKETAG_*".into() } else { var(&key) },
+                variable: if key.is_empty() {
+                    "VOKETAG_*".into()
+                } else {
+                    var(&key)
+                },
                 reason: e.kind.to_string(),
             }
         })?;
@@ -124,7 +129,11 @@ impl Settings {
             );
         }
         for (key, value, schemes) in [
-            ("database_url", &self.database_url, &["postgres", "postgresql"][..]),
+            (
+                "database_url",
+                &self.database_url,
+                &["postgres", "postgresql"][..],
+            ),
             ("redis_url", &self.redis_url, &["redis", "rediss"][..]),
         ] {
             match url::Url::parse(value) {
@@ -132,7 +141,11 @@ impl Settings {
                 Ok(u) => {
                     return bad(
                         key,
-                        format!("scheme `{}` is not one of {}", u.scheme(), schemes.join(", ")),
+                        format!(
+                            "scheme `{}` is not one of {}",
+                            u.scheme(),
+                            schemes.join(", ")
+                        ),
                     );
                 }
                 Err(e) => return bad(key, format!("not a URL: {e}")),
@@ -143,10 +156,8 @@ impl Settings {
         {
             return bad("jwks_url", format!("not a URL: {e}"));
         }
-        if self.bus == BusKind::Pubsub {
-            if self.pubsub_project.is_none() {
-                return bad("pubsub_project", "required when VOKETAG_BUS=pubsub".into());
-            }
+        if self.bus == BusKind::Pubsub && self.pubsub_project.is_none() {
+            return bad("pubsub_project", "required when VOKETAG_BUS=pubsub".into());
         }
         if self.db_max_connections == 0 {
             return bad("db_max_connections", "must be at least 1".into());

@@ -31,7 +31,8 @@ where
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
         let mut line = String::with_capacity(256);
-        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
         let mut writer = writer;
         match line.strip_prefix('{') {
             Some(rest) => write!(writer, "{{{}{}", self.prefix, rest),
@@ -44,8 +45,8 @@ where
 pub fn init(service_name: &str, settings: &Settings) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let filter = EnvFilter::try_new(&settings.log_filter)
-            .unwrap_or_else(|_| EnvFilter::new("info"));
+        let filter =
+            EnvFilter::try_new(&settings.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
         let registry = tracing_subscriber::registry().with(filter);
         let result = match settings.log_format {
             LogFormat::Json => {

@@ -40,8 +40,12 @@ impl TestDb {
             ..Settings::default()
         };
         settings.database_url = settings.database_url_for(&name);
-        db::ensure_database(&settings.database_url).await.expect("create the test database");
-        let pool = db::connect_url(&settings.database_url, 10).await.expect("connect to the test database");
+        db::ensure_database(&settings.database_url)
+            .await
+            .expect("create the test database");
+        let pool = db::connect_url(&settings.database_url, 10)
+            .await
+            .expect("connect to the test database");
         db::migrate(&pool).await.expect("migrate the test database");
         TestDb {
             name,
@@ -58,14 +62,18 @@ impl Drop for TestDb {
         // The pool belongs to the test's runtime, which this thread blocks: it is not
         // closed here; FORCE ends its connections.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 if let Ok(admin) = db::connect_url(&admin_database_url(), 1).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .execute(&admin)
-                        .await;
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&admin)
+                            .await;
                     admin.close().await;
                 }
             });
@@ -106,9 +114,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("build the factory API");
     let addr = app.local_addr().expect("bound address");
     tokio::spawn(app.run_until_stopped());
-    let idp = DevIdp::load_or_create(&db.pool, settings.jwt_issuer.clone(), settings.jwt_audience.clone())
-        .await
-        .expect("dev identity provider");
+    let idp = DevIdp::load_or_create(
+        &db.pool,
+        settings.jwt_issuer.clone(),
+        settings.jwt_audience.clone(),
+    )
+    .await
+    .expect("dev identity provider");
     TestApp {
         addr,
         base: format!("http://{addr}"),
@@ -116,7 +128,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         redis,
         settings,
         idp,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client"),
     }
 }
 
@@ -159,7 +174,12 @@ impl TestApp {
     pub fn token(&self, factory: Uuid, role: Role) -> As {
         As::Token(
             self.idp
-                .mint(&format!("{role}-user"), factory, role, Duration::from_secs(3600))
+                .mint(
+                    &format!("{role}-user"),
+                    factory,
+                    role,
+                    Duration::from_secs(3600),
+                )
                 .expect("mint a token"),
         )
     }
@@ -173,7 +193,13 @@ impl TestApp {
         }
     }
 
-    pub async fn send(&self, method: Method, path: &str, who: &As, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        who: &As,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut r = self.request(method, path, who);
         if let Some(b) = body {
             r = r.json(&b);
@@ -181,7 +207,11 @@ impl TestApp {
         let response = r.send().await.expect("request sent");
         let status = response.status();
         let text = response.text().await.expect("body read");
-        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, json)
     }
 
@@ -220,7 +250,13 @@ impl TestApp {
     }
 
     /// Uploads a CSV; returns the status and body of the answer.
-    pub async fn upload(&self, who: &As, batch: Uuid, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    pub async fn upload(
+        &self,
+        who: &As,
+        batch: Uuid,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let response = self
             .request(Method::POST, &format!("/v1/batches/{batch}/imports"), who)
             .header("content-type", content_type)
@@ -252,7 +288,10 @@ pub fn id_of(body: &Value) -> Uuid {
 pub fn voketag_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/it-<hash> -> target/<profile>/voketag
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile directory");
     let bin = dir.join("voketag");
     assert!(
         bin.exists(),

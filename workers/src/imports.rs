@@ -43,8 +43,12 @@ impl From<CommandError> for ImportError {
 /// What became of one import.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Completed { tags_issued: u64 },
-    Rejected { error_count: u64 },
+    Completed {
+        tags_issued: u64,
+    },
+    Rejected {
+        error_count: u64,
+    },
     /// Another worker holds it, or it was already finished.
     Skipped,
 }
@@ -118,19 +122,22 @@ impl ImportWorker {
     /// Claims and processes one import.
     pub async fn process(&self, import_id: Uuid) -> Result<Outcome, ImportError> {
         let mut lock = self.pool.acquire().await?;
-        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('import:' || $1::text, 0))")
-            .bind(import_id)
-            .fetch_one(&mut *lock)
-            .await?;
+        let claimed: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended('import:' || $1::text, 0))",
+        )
+        .bind(import_id)
+        .fetch_one(&mut *lock)
+        .await?;
         if !claimed {
             return Ok(Outcome::Skipped);
         }
         let result = self.process_claimed(import_id).await;
         // The lock dies with the connection anyway; unlocking lets the connection be reused.
-        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended('import:' || $1::text, 0))")
-            .bind(import_id)
-            .execute(&mut *lock)
-            .await;
+        let _ =
+            sqlx::query("SELECT pg_advisory_unlock(hashtextextended('import:' || $1::text, 0))")
+                .bind(import_id)
+                .execute(&mut *lock)
+                .await;
         result
     }
 
@@ -143,7 +150,8 @@ impl ImportWorker {
         .bind(import_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((batch_id, actor, request_id, correlation_id, traceparent, _, factory_id)) = row else {
+        let Some((batch_id, actor, request_id, correlation_id, traceparent, _, factory_id)) = row
+        else {
             return Ok(Outcome::Skipped);
         };
         let started = Instant::now();
@@ -163,12 +171,21 @@ impl ImportWorker {
         Ok(outcome)
     }
 
-    async fn apply(&self, import_id: Uuid, batch_id: Uuid, metadata: &EventMetadata) -> Result<Outcome, ImportError> {
+    async fn apply(
+        &self,
+        import_id: Uuid,
+        batch_id: Uuid,
+        metadata: &EventMetadata,
+    ) -> Result<Outcome, ImportError> {
         let (tx_chunks, mut rx_chunks) = mpsc::channel::<Vec<IssuedTag>>(2);
         let reader = ChunkReader::spawn(self.pool.clone(), import_id);
         let scan = tokio::task::spawn_blocking(move || scan(reader, tx_chunks));
 
-        let mut unit = Some(self.store.begin::<Batch>(&batch_id.to_string(), metadata).await?);
+        let mut unit = Some(
+            self.store
+                .begin::<Batch>(&batch_id.to_string(), metadata)
+                .await?,
+        );
         // Why issuing stopped, if it did; reading goes on to report every bad row.
         let mut refusal: Option<RowError> = None;
         let mut already_issued = false;
@@ -176,9 +193,18 @@ impl ImportWorker {
         while let Some(chunk) = rx_chunks.recv().await {
             let Some(u) = unit.as_mut() else { continue };
             let n = chunk.len() as u64;
-            match u.handle(BatchCommand::IssueTags { import_id: Some(import_id), tags: chunk }).await {
+            match u
+                .handle(BatchCommand::IssueTags {
+                    import_id: Some(import_id),
+                    tags: chunk,
+                })
+                .await
+            {
                 Ok(_) => issued += n,
-                Err(CommandError::Taken { code: "tag.already_issued", .. }) => {
+                Err(CommandError::Taken {
+                    code: "tag.already_issued",
+                    ..
+                }) => {
                     already_issued = true;
                     unit = None;
                 }
@@ -194,7 +220,9 @@ impl ImportWorker {
                 Err(e) => return Err(e.into()),
             }
         }
-        let report = scan.await.map_err(|e| ImportError::Reader(e.to_string()))??;
+        let report = scan
+            .await
+            .map_err(|e| ImportError::Reader(e.to_string()))??;
         let mut errors = report.errors;
         let mut error_count = report.error_count;
         if let Some(r) = refusal {
@@ -207,19 +235,43 @@ impl ImportWorker {
             errors.extend(found);
             error_count += count;
         }
-        if error_count == 0 && let Some(mut u) = unit {
-            sqlx::query("UPDATE imports SET status = 'applying', updated_at = now() WHERE import_id = $1")
-                .bind(import_id)
-                .execute(&self.pool)
-                .await?;
-            finish(u.conn(), import_id, "completed", report.rows_read, issued, 0, &[]).await?;
+        if error_count == 0
+            && let Some(mut u) = unit
+        {
+            sqlx::query(
+                "UPDATE imports SET status = 'applying', updated_at = now() WHERE import_id = $1",
+            )
+            .bind(import_id)
+            .execute(&self.pool)
+            .await?;
+            finish(
+                u.conn(),
+                import_id,
+                "completed",
+                report.rows_read,
+                issued,
+                0,
+                &[],
+            )
+            .await?;
             u.commit().await?;
-            return Ok(Outcome::Completed { tags_issued: issued });
+            return Ok(Outcome::Completed {
+                tags_issued: issued,
+            });
         }
         drop(unit);
         errors.truncate(MAX_ERRORS_KEPT);
         let mut tx = self.pool.begin().await?;
-        finish(&mut tx, import_id, "rejected", report.rows_read, 0, error_count, &errors).await?;
+        finish(
+            &mut tx,
+            import_id,
+            "rejected",
+            report.rows_read,
+            0,
+            error_count,
+            &errors,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Outcome::Rejected { error_count })
     }
@@ -235,7 +287,9 @@ impl ImportWorker {
             while let Some(row) = csv.next_row() {
                 if let Ok(row) = row {
                     chunk.push((row.line, row.tag_id));
-                    if chunk.len() == MAX_TAGS_PER_EVENT && tx_chunks.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                    if chunk.len() == MAX_TAGS_PER_EVENT
+                        && tx_chunks.blocking_send(std::mem::take(&mut chunk)).is_err()
+                    {
                         return Ok(());
                     }
                 }
@@ -249,13 +303,14 @@ impl ImportWorker {
         let mut count = 0u64;
         while let Some(chunk) = rx_chunks.recv().await {
             let ids: Vec<Uuid> = chunk.iter().map(|(_, id)| *id).collect();
-            let existing: HashSet<Uuid> =
-                sqlx::query_scalar::<_, Uuid>("SELECT tag_id FROM tag_registry WHERE tag_id = ANY($1)")
-                    .bind(&ids)
-                    .fetch_all(&self.pool)
-                    .await?
-                    .into_iter()
-                    .collect();
+            let existing: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
+                "SELECT tag_id FROM tag_registry WHERE tag_id = ANY($1)",
+            )
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
             for (line, id) in chunk.into_iter().filter(|(_, id)| existing.contains(id)) {
                 count += 1;
                 if errors.len() < MAX_ERRORS_KEPT {
@@ -263,12 +318,16 @@ impl ImportWorker {
                         line,
                         column: Some("tag_id".into()),
                         code: "tag_already_issued".into(),
-                        message: format!("line {line}: tag {id} was already issued by an earlier import or batch"),
+                        message: format!(
+                            "line {line}: tag {id} was already issued by an earlier import or batch"
+                        ),
                     });
                 }
             }
         }
-        lines.await.map_err(|e| ImportError::Reader(e.to_string()))??;
+        lines
+            .await
+            .map_err(|e| ImportError::Reader(e.to_string()))??;
         if let Ok(Some(e)) = failure.lock().map(|f| f.clone()) {
             return Err(ImportError::Reader(e));
         }
@@ -314,7 +373,10 @@ struct ScanReport {
 
 /// Reads every row (blocking), sends valid tags in chunks while the file is clean so far,
 /// and collects every error.
-fn scan(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Result<ScanReport, ImportError> {
+fn scan(
+    reader: ChunkReader,
+    chunks: mpsc::Sender<Vec<IssuedTag>>,
+) -> Result<ScanReport, ImportError> {
     let failure = reader.failure.clone();
     let report = scan_rows(reader, chunks);
     match failure.lock().map(|f| f.clone()) {
@@ -355,7 +417,9 @@ fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> ScanR
                 tag_id: row.tag_id,
                 serial: row.serial,
             });
-            if chunk.len() == MAX_TAGS_PER_EVENT && chunks.blocking_send(std::mem::take(&mut chunk)).is_err() {
+            if chunk.len() == MAX_TAGS_PER_EVENT
+                && chunks.blocking_send(std::mem::take(&mut chunk)).is_err()
+            {
                 sending = false;
             }
         }
@@ -406,12 +470,13 @@ impl ChunkReader {
         tokio::spawn(async move {
             let mut seq: i32 = 0;
             loop {
-                let data: Result<Option<Vec<u8>>, sqlx::Error> =
-                    sqlx::query_scalar("SELECT data FROM import_chunks WHERE import_id = $1 AND seq = $2")
-                        .bind(import_id)
-                        .bind(seq)
-                        .fetch_optional(&pool)
-                        .await;
+                let data: Result<Option<Vec<u8>>, sqlx::Error> = sqlx::query_scalar(
+                    "SELECT data FROM import_chunks WHERE import_id = $1 AND seq = $2",
+                )
+                .bind(import_id)
+                .bind(seq)
+                .fetch_optional(&pool)
+                .await;
                 let item = match data {
                     Ok(Some(d)) => Ok(d),
                     Ok(None) => break,

@@ -30,7 +30,9 @@ pub(crate) async fn create_api_key(
     let factory_id = caller.acting_for(req.factory_id)?;
     let role: Role = match req.role.as_deref() {
         None => Role::FactoryUser,
-        Some(r) => r.parse().map_err(|e: voketag_domain::role::UnknownRole| field_error("role", "invalid_role", e.to_string()))?,
+        Some(r) => r.parse().map_err(|e: voketag_domain::role::UnknownRole| {
+            field_error("role", "invalid_role", e.to_string())
+        })?,
     };
     let idem = Idempotency::from_request(&headers, &caller, "POST /v1/api-keys", &req)?;
     once(&state, idem.as_ref(), || async {
@@ -82,7 +84,15 @@ async fn load_key(state: &AppState, id: Uuid) -> Result<Option<ApiKeyDto>, ApiEr
     Ok(row.map(KeyRow::dto))
 }
 
-type KeyRow = (Uuid, Uuid, String, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+type KeyRow = (
+    Uuid,
+    Uuid,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
 
 trait IntoDto {
     fn dto(self) -> ApiKeyDto;
@@ -118,7 +128,11 @@ pub(crate) async fn list_api_keys(
     caller: Caller,
     Query(q): Query<KeysQuery>,
 ) -> Result<axum::Json<Vec<ApiKeyDto>>, ApiError> {
-    let factory = if caller.is_admin() { q.factory_id } else { Some(caller.principal.factory_id) };
+    let factory = if caller.is_admin() {
+        q.factory_id
+    } else {
+        Some(caller.principal.factory_id)
+    };
     let rows: Vec<KeyRow> = sqlx::query_as(
         "SELECT key_id, factory_id, name, role, prefix, created_at, revoked_at FROM api_keys
           WHERE ($1::uuid IS NULL OR factory_id = $1) ORDER BY key_id LIMIT 1000",
@@ -148,7 +162,12 @@ pub(crate) async fn revoke_api_key(
     };
     state
         .store
-        .execute::<ApiKey>(&id.to_string(), ApiKeyCommand::RevokeApiKey, &caller.metadata(key.factory_id), None)
+        .execute::<ApiKey>(
+            &id.to_string(),
+            ApiKeyCommand::RevokeApiKey,
+            &caller.metadata(key.factory_id),
+            None,
+        )
         .await
         .map_err(command_error)?;
     Ok(StatusCode::NO_CONTENT)

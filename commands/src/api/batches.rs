@@ -8,10 +8,12 @@ use voketag_domain::batch::{Batch, BatchCommand, NewBatch};
 use voketag_domain::product::Product;
 use voketag_platform::http::{ApiError, ApiJson, ApiPath as Path};
 use voketag_schemas::ErrorEnvelope;
-use voketag_schemas::factory_api::{BatchDto, NewBatchRequest, ReasonRequest, TagRevokedDto};
 use voketag_schemas::EventMetadata;
+use voketag_schemas::factory_api::{BatchDto, NewBatchRequest, ReasonRequest, TagRevokedDto};
 
-use super::context::{Caller, Idempotency, command_error, decide, expected_version, once, versioned};
+use super::context::{
+    Caller, Idempotency, command_error, decide, expected_version, once, versioned,
+};
 use super::products::markets;
 use super::{AppState, db_error};
 
@@ -33,8 +35,16 @@ pub(crate) fn dto(id: Uuid, b: &Batch, version: u64) -> Option<BatchDto> {
 }
 
 /// The batch if the caller may see it; otherwise 404, whether it exists or not.
-pub(crate) async fn visible_batch(state: &AppState, caller: &Caller, id: Uuid) -> Result<(Batch, u64), ApiError> {
-    let loaded = state.store.load::<Batch>(&id.to_string()).await.map_err(command_error)?;
+pub(crate) async fn visible_batch(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<(Batch, u64), ApiError> {
+    let loaded = state
+        .store
+        .load::<Batch>(&id.to_string())
+        .await
+        .map_err(command_error)?;
     match &loaded.aggregate.state {
         Some(s) if caller.sees(s.factory_id) => Ok((loaded.aggregate, loaded.version)),
         _ => Err(ApiError::not_found("batch")),
@@ -120,7 +130,11 @@ async fn transition(
     caller.require_write()?;
     let expected = expected_version(&headers)?;
     let (batch, _) = visible_batch(&state, &caller, id).await?;
-    let factory_id = batch.state.as_ref().map(|s| s.factory_id).unwrap_or_default();
+    let factory_id = batch
+        .state
+        .as_ref()
+        .map(|s| s.factory_id)
+        .unwrap_or_default();
     let idem = Idempotency::from_request(&headers, &caller, route, &request)?;
     once(&state, idem.as_ref(), || async {
         let (body, version) = decide::<Batch, _>(
@@ -150,7 +164,16 @@ pub(crate) async fn activate_batch(
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     let route = format!("POST /v1/batches/{id}/activate");
-    transition(state, caller, headers, id, &route, BatchCommand::ActivateBatch, serde_json::Value::Null).await
+    transition(
+        state,
+        caller,
+        headers,
+        id,
+        &route,
+        BatchCommand::ActivateBatch,
+        serde_json::Value::Null,
+    )
+    .await
 }
 
 /// Recall a batch: its tags answer `revoked` with the reason.
@@ -167,7 +190,16 @@ pub(crate) async fn recall_batch(
 ) -> Result<Response, ApiError> {
     let route = format!("POST /v1/batches/{id}/recall");
     let request = serde_json::to_value(&req).map_err(ApiError::internal)?;
-    transition(state, caller, headers, id, &route, BatchCommand::RecallBatch { reason: req.reason }, request).await
+    transition(
+        state,
+        caller,
+        headers,
+        id,
+        &route,
+        BatchCommand::RecallBatch { reason: req.reason },
+        request,
+    )
+    .await
 }
 
 /// Close an active batch: production is over, no more tags.
@@ -182,7 +214,16 @@ pub(crate) async fn close_batch(
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
     let route = format!("POST /v1/batches/{id}/close");
-    transition(state, caller, headers, id, &route, BatchCommand::CloseBatch, serde_json::Value::Null).await
+    transition(
+        state,
+        caller,
+        headers,
+        id,
+        &route,
+        BatchCommand::CloseBatch,
+        serde_json::Value::Null,
+    )
+    .await
 }
 
 /// Revoke one tag (stolen, damaged, cloned): scans of it answer `revoked`.
@@ -198,16 +239,21 @@ pub(crate) async fn revoke_tag(
     ApiJson(req): ApiJson<ReasonRequest>,
 ) -> Result<Response, ApiError> {
     caller.require_write()?;
-    let batch_id: Option<Uuid> = sqlx::query_scalar("SELECT batch_id FROM tag_registry WHERE tag_id = $1")
-        .bind(tag_id)
-        .fetch_optional(&state.pool)
-        .await
-        .map_err(db_error)?;
+    let batch_id: Option<Uuid> =
+        sqlx::query_scalar("SELECT batch_id FROM tag_registry WHERE tag_id = $1")
+            .bind(tag_id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(db_error)?;
     let batch_id = batch_id.ok_or_else(|| ApiError::not_found("tag"))?;
     let (batch, _) = visible_batch(&state, &caller, batch_id)
         .await
         .map_err(|_| ApiError::not_found("tag"))?;
-    let factory_id = batch.state.as_ref().map(|s| s.factory_id).unwrap_or_default();
+    let factory_id = batch
+        .state
+        .as_ref()
+        .map(|s| s.factory_id)
+        .unwrap_or_default();
     let route = format!("POST /v1/tags/{tag_id}/revoke");
     let idem = Idempotency::from_request(&headers, &caller, &route, &req)?;
     let metadata: EventMetadata = caller.metadata(factory_id);
@@ -216,7 +262,10 @@ pub(crate) async fn revoke_tag(
         let (body, version) = decide::<Batch, _>(
             &state,
             batch_id,
-            BatchCommand::RevokeTag { tag_id, reason: req.reason.clone() },
+            BatchCommand::RevokeTag {
+                tag_id,
+                reason: req.reason.clone(),
+            },
             &metadata,
             None,
             idem.as_ref().map(|i| (i, StatusCode::OK)),

@@ -27,7 +27,10 @@ pub struct Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let context = RequestContext::current().unwrap_or_else(RequestContext::background);
         let principal = authenticate(&parts.headers, state).await?;
         Ok(Caller { principal, context })
@@ -36,8 +39,12 @@ impl FromRequestParts<AppState> for Caller {
 
 async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
     if let Some(key) = headers.get("x-api-key") {
-        let key = key.to_str().map_err(|_| auth_error(AuthError::UnknownKey))?;
-        let principal = auth::api_key::authenticate(&state.pool, key).await.map_err(auth_error)?;
+        let key = key
+            .to_str()
+            .map_err(|_| auth_error(AuthError::UnknownKey))?;
+        let principal = auth::api_key::authenticate(&state.pool, key)
+            .await
+            .map_err(auth_error)?;
         if let AuthMethod::ApiKey { key_id } = principal.method {
             match state.limiter.check(key_id).await {
                 Ok(RateDecision::Allowed { .. }) => {}
@@ -55,7 +62,11 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal
                     .with_header(header::RETRY_AFTER, HeaderValue::from(secs)));
                 }
                 // The shared counter is unreachable: refuse rather than run unlimited.
-                Err(e) => return Err(ApiError::unavailable(format!("rate limiter unavailable: {e}"))),
+                Err(e) => {
+                    return Err(ApiError::unavailable(format!(
+                        "rate limiter unavailable: {e}"
+                    )));
+                }
             }
         }
         return Ok(principal);
@@ -66,9 +77,16 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <JWT>`"))?;
-    let claims = state.verifier.verify(token.trim()).await.map_err(auth_error)?;
+    let claims = state
+        .verifier
+        .verify(token.trim())
+        .await
+        .map_err(auth_error)?;
     Ok(Principal {
         subject: claims.sub,
         factory_id: claims.factory_id,
@@ -79,8 +97,12 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal
 
 fn auth_error(e: AuthError) -> ApiError {
     match e {
-        AuthError::JwksUnavailable(why) => ApiError::unavailable(format!("the identity provider is unreachable: {why}")),
-        AuthError::Store(why) => ApiError::unavailable(format!("credentials cannot be checked now: {why}")),
+        AuthError::JwksUnavailable(why) => {
+            ApiError::unavailable(format!("the identity provider is unreachable: {why}"))
+        }
+        AuthError::Store(why) => {
+            ApiError::unavailable(format!("credentials cannot be checked now: {why}"))
+        }
         AuthError::Missing => ApiError::unauthorized(
             "credentials required: send `Authorization: Bearer <JWT>` or `X-API-Key: <key>`",
         ),
@@ -94,7 +116,10 @@ impl Caller {
         if self.principal.role.can_write() {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("the {} role can only read", self.principal.role)))
+            Err(ApiError::forbidden(format!(
+                "the {} role can only read",
+                self.principal.role
+            )))
         }
     }
 
@@ -116,7 +141,9 @@ impl Caller {
                 "admins act for every factory: name one in `factory_id`",
             )
             .with_details(serde_json::json!({"field": "factory_id"}))),
-            (false, Some(f)) if f != self.principal.factory_id => Err(ApiError::not_found("factory")),
+            (false, Some(f)) if f != self.principal.factory_id => {
+                Err(ApiError::not_found("factory"))
+            }
             (false, _) => Ok(self.principal.factory_id),
         }
     }
@@ -172,7 +199,12 @@ pub(crate) fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, ApiEr
         .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
         .and_then(|s| s.parse::<u64>().ok())
         .map(Some)
-        .ok_or_else(|| ApiError::bad_request("invalid_if_match", "If-Match must be a version number, e.g. \"3\""))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_if_match",
+                "If-Match must be a version number, e.g. \"3\"",
+            )
+        })
 }
 
 /// A POST's `Idempotency-Key`: the first successful answer is stored with the events it
@@ -198,7 +230,10 @@ impl Idempotency {
             .ok()
             .filter(|k| !k.is_empty() && k.len() <= 255)
             .ok_or_else(|| {
-                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1 to 255 visible characters")
+                ApiError::bad_request(
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible characters",
+                )
             })?;
         let mut hasher = Sha256::new();
         hasher.update(route.as_bytes());
@@ -213,13 +248,14 @@ impl Idempotency {
 
     /// The stored answer to an earlier request with this key, if any.
     pub async fn replay(&self, state: &AppState) -> Result<Option<Response>, ApiError> {
-        let row: Option<(String, i16, serde_json::Value)> =
-            sqlx::query_as("SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2")
-                .bind(&self.scope)
-                .bind(&self.key)
-                .fetch_optional(&state.pool)
-                .await
-                .map_err(db_error)?;
+        let row: Option<(String, i16, serde_json::Value)> = sqlx::query_as(
+            "SELECT request_hash, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        )
+        .bind(&self.scope)
+        .bind(&self.key)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(db_error)?;
         let Some((hash, status, body)) = row else {
             return Ok(None);
         };
@@ -230,12 +266,17 @@ impl Idempotency {
             ));
         }
         if let Some(refusal) = body.get("replay_refused").and_then(|v| v.as_str()) {
-            return Err(ApiError::conflict("idempotency_secret_not_replayable", refusal.to_string())
-                .with_details(body.get("details").cloned().unwrap_or_default()));
+            return Err(ApiError::conflict(
+                "idempotency_secret_not_replayable",
+                refusal.to_string(),
+            )
+            .with_details(body.get("details").cloned().unwrap_or_default()));
         }
         let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
         let mut response = (status, axum::Json(body)).into_response();
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
         Ok(Some(response))
     }
 
@@ -258,10 +299,12 @@ impl Idempotency {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("idempotency_keys_pkey") => Err(CommandError::Taken {
-                code: "idempotency_in_flight",
-                message: "a request with this Idempotency-Key is being processed; retry".into(),
-            }),
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("idempotency_keys_pkey") => {
+                Err(CommandError::Taken {
+                    code: "idempotency_in_flight",
+                    message: "a request with this Idempotency-Key is being processed; retry".into(),
+                })
+            }
             Err(e) => Err(CommandError::Database(e)),
         }
     }
@@ -269,7 +312,11 @@ impl Idempotency {
 
 /// Runs a POST once per Idempotency-Key: an earlier answer is replayed; a concurrent
 /// duplicate that lost the race gets the winner's answer.
-pub(crate) async fn once<F, Fut>(state: &AppState, idem: Option<&Idempotency>, run: F) -> Result<Response, ApiError>
+pub(crate) async fn once<F, Fut>(
+    state: &AppState,
+    idem: Option<&Idempotency>,
+    run: F,
+) -> Result<Response, ApiError>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
@@ -289,7 +336,11 @@ where
 }
 
 /// A JSON answer with the resource's version as its ETag.
-pub(crate) fn versioned<T: serde::Serialize>(status: StatusCode, body: &T, version: u64) -> Response {
+pub(crate) fn versioned<T: serde::Serialize>(
+    status: StatusCode,
+    body: &T,
+    version: u64,
+) -> Response {
     let mut r = (status, axum::Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         r.headers_mut().insert(header::ETAG, v);
@@ -320,7 +371,8 @@ where
         unit.handle(command).await?;
         let body = respond(unit.aggregate(), unit.version());
         if let Some((i, status)) = idem {
-            let value = serde_json::to_value(&body).map_err(|e| CommandError::Corrupt(e.to_string()))?;
+            let value =
+                serde_json::to_value(&body).map_err(|e| CommandError::Corrupt(e.to_string()))?;
             i.remember(unit.conn(), status, &value).await?;
         }
         let (_, version) = unit.commit().await?;

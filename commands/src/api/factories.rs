@@ -64,7 +64,12 @@ pub(crate) async fn get_factory(
     if !caller.sees(id) {
         return Err(ApiError::not_found("factory"));
     }
-    let loaded = state.store.load::<Factory>(&id.to_string()).await.map_err(command_error)?;
-    let body = dto(id, &loaded.aggregate, loaded.version).ok_or_else(|| ApiError::not_found("factory"))?;
+    let loaded = state
+        .store
+        .load::<Factory>(&id.to_string())
+        .await
+        .map_err(command_error)?;
+    let body =
+        dto(id, &loaded.aggregate, loaded.version).ok_or_else(|| ApiError::not_found("factory"))?;
     Ok(versioned(StatusCode::OK, &body, loaded.version))
 }

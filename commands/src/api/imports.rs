@@ -23,7 +23,9 @@ fn payload_too_large(limit: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "file_too_large",
-        format!("the file is larger than the limit of {limit} bytes; split it into several imports"),
+        format!(
+            "the file is larger than the limit of {limit} bytes; split it into several imports"
+        ),
     )
     .with_details(serde_json::json!({ "limit_bytes": limit }))
 }
@@ -43,15 +45,27 @@ pub(crate) async fn create_import(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.require_write()?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if mime != "text/csv" {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!(
                 "send the file with `Content-Type: text/csv`{}",
-                if content_type.is_empty() { String::new() } else { format!(", not `{content_type}`") }
+                if content_type.is_empty() {
+                    String::new()
+                } else {
+                    format!(", not `{content_type}`")
+                }
             ),
         ));
     }
@@ -170,7 +184,10 @@ type ImportRow = (
     Option<DateTime<Utc>>,
 );
 
-pub(crate) async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Option<ImportDto>, ApiError> {
+pub(crate) async fn load(
+    conn: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> Result<Option<ImportDto>, ApiError> {
     let row: Option<ImportRow> = sqlx::query_as(
         "SELECT import_id, batch_id, factory_id, status, content_bytes, rows_read, tags_issued, error_count, errors, created_at, finished_at
            FROM imports WHERE import_id = $1",
@@ -179,7 +196,19 @@ pub(crate) async fn load(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Opti
     .fetch_optional(conn)
     .await
     .map_err(db_error)?;
-    let Some((id, batch_id, factory_id, status, content_bytes, rows_read, tags_issued, error_count, errors, created_at, finished_at)) = row
+    let Some((
+        id,
+        batch_id,
+        factory_id,
+        status,
+        content_bytes,
+        rows_read,
+        tags_issued,
+        error_count,
+        errors,
+        created_at,
+        finished_at,
+    )) = row
     else {
         return Ok(None);
     };

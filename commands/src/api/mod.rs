@@ -58,9 +58,17 @@ impl utoipa::Modify for Security {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
-        components.add_security_scheme("api_key", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))));
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
     }
 }
 
@@ -92,19 +100,30 @@ pub fn router(state: AppState) -> Router {
     let (api, doc) = routes().split_for_parts();
     let doc = Arc::new(doc);
     let timeout = Duration::from_secs(state.settings.request_timeout_secs);
-    api.route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
-        .route("/v1/health", get(vhttp::health))
-        .route("/v1/ready", get(ready))
-        .route("/metrics", get(vhttp::metrics))
-        .fallback(vhttp::route_not_found)
-        .method_not_allowed_fallback(vhttp::method_not_allowed)
-        .with_state(state)
-        .layer(TimeoutLayer::with_status_code(http::StatusCode::SERVICE_UNAVAILABLE, timeout))
-        .layer(axum::middleware::from_fn(|req: Request, next| vhttp::observe("factory-api", req, next)))
+    api.route(
+        "/openapi.json",
+        get(move || async move { axum::Json(doc.as_ref().clone()) }),
+    )
+    .route("/v1/health", get(vhttp::health))
+    .route("/v1/ready", get(ready))
+    .route("/metrics", get(vhttp::metrics))
+    .fallback(vhttp::route_not_found)
+    .method_not_allowed_fallback(vhttp::method_not_allowed)
+    .with_state(state)
+    .layer(TimeoutLayer::with_status_code(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        timeout,
+    ))
+    .layer(axum::middleware::from_fn(|req: Request, next| {
+        vhttp::observe("factory-api", req, next)
+    }))
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let (pg, rd) = tokio::join!(vhttp::check_postgres(&state.pool), vhttp::check_redis(&state.redis));
+    let (pg, rd) = tokio::join!(
+        vhttp::check_postgres(&state.pool),
+        vhttp::check_redis(&state.redis)
+    );
     vhttp::readiness(vec![("postgres", pg), ("redis", rd)])
 }
 
@@ -128,14 +147,24 @@ pub async fn build_with(settings: Settings, pool: PgPool, redis: RedisPool) -> a
             url.clone(),
             settings.jwt_issuer.clone(),
             settings.jwt_audience.clone(),
-            reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
             JwksCachePolicy::default(),
         ),
-        None => DevIdp::load_or_create(&pool, settings.jwt_issuer.clone(), settings.jwt_audience.clone())
-            .await?
-            .verifier(),
+        None => DevIdp::load_or_create(
+            &pool,
+            settings.jwt_issuer.clone(),
+            settings.jwt_audience.clone(),
+        )
+        .await?
+        .verifier(),
     };
-    let limiter = RedisRateLimiter::new(redis.clone(), settings.redis_prefix.clone(), settings.api_key_requests_per_minute);
+    let limiter = RedisRateLimiter::new(
+        redis.clone(),
+        settings.redis_prefix.clone(),
+        settings.api_key_requests_per_minute,
+    );
     let listener = TcpListener::bind(settings.factory_addr).await?;
     let state = Arc::new(Inner {
         store: EventStore::new(pool.clone()),
@@ -158,7 +187,9 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(voketag_platform::shutdown_signal()).await
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(voketag_platform::shutdown_signal())
+            .await
     }
 }
 

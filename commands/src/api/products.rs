@@ -38,12 +38,17 @@ pub(crate) fn markets(field: &str, codes: &[String]) -> Result<Vec<Market>, ApiE
 }
 
 pub(crate) async fn factory_exists(state: &AppState, factory_id: Uuid) -> Result<(), ApiError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM factories WHERE factory_id = $1)")
-        .bind(factory_id)
-        .fetch_one(&state.pool)
-        .await
-        .map_err(db_error)?;
-    if exists { Ok(()) } else { Err(ApiError::not_found("factory")) }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM factories WHERE factory_id = $1)")
+            .bind(factory_id)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(db_error)?;
+    if exists {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("factory"))
+    }
 }
 
 /// Register a product.
@@ -61,7 +66,8 @@ pub(crate) async fn create_product(
     let factory_id = caller.acting_for(req.factory_id)?;
     let idem = Idempotency::from_request(&headers, &caller, "POST /v1/products", &req)?;
     once(&state, idem.as_ref(), || async {
-        let gtin = Gtin::parse(&req.gtin).map_err(|e| field_error("gtin", "invalid_gtin", e.to_string()))?;
+        let gtin = Gtin::parse(&req.gtin)
+            .map_err(|e| field_error("gtin", "invalid_gtin", e.to_string()))?;
         let intended_markets = markets("intended_markets", &req.intended_markets)?;
         factory_exists(&state, factory_id).await?;
         let id = Uuid::now_v7();
@@ -109,7 +115,10 @@ pub(crate) async fn list_products(
 ) -> Result<axum::Json<Page<ProductDto>>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 200"));
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "limit must be between 1 and 200",
+        ));
     }
     let after = q
         .cursor
@@ -119,10 +128,16 @@ pub(crate) async fn list_products(
                 .decode(c)
                 .ok()
                 .and_then(|b| Uuid::from_slice(&b).ok())
-                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "cursor is not one this API gave out"))
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_cursor", "cursor is not one this API gave out")
+                })
         })
         .transpose()?;
-    let factory = if caller.is_admin() { q.factory_id } else { Some(caller.principal.factory_id) };
+    let factory = if caller.is_admin() {
+        q.factory_id
+    } else {
+        Some(caller.principal.factory_id)
+    };
     let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
         "SELECT p.product_id, s.payload::text, s.last_sequence
            FROM products p
@@ -143,7 +158,13 @@ pub(crate) async fn list_products(
         let product: Product = serde_json::from_str(&payload).map_err(ApiError::internal)?;
         items.extend(dto(id, &product, version as u64));
     }
-    let next_cursor = if more { items.last().map(|p| URL_SAFE_NO_PAD.encode(p.id.as_bytes())) } else { None };
+    let next_cursor = if more {
+        items
+            .last()
+            .map(|p| URL_SAFE_NO_PAD.encode(p.id.as_bytes()))
+    } else {
+        None
+    };
     Ok(axum::Json(Page { items, next_cursor }))
 }
 
@@ -157,9 +178,15 @@ pub(crate) async fn get_product(
     caller: Caller,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let loaded = state.store.load::<Product>(&id.to_string()).await.map_err(command_error)?;
+    let loaded = state
+        .store
+        .load::<Product>(&id.to_string())
+        .await
+        .map_err(command_error)?;
     match dto(id, &loaded.aggregate, loaded.version) {
-        Some(body) if caller.sees(body.factory_id) => Ok(versioned(StatusCode::OK, &body, loaded.version)),
+        Some(body) if caller.sees(body.factory_id) => {
+            Ok(versioned(StatusCode::OK, &body, loaded.version))
+        }
         _ => Err(ApiError::not_found("product")),
     }
 }

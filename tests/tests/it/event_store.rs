@@ -27,7 +27,12 @@ async fn events_can_be_neither_updated_nor_deleted_nor_truncated() {
     let store = voketag_commands::store::EventStore::new(db.pool.clone());
     let id = Uuid::now_v7().to_string();
     store
-        .execute::<Factory>(&id, FactoryCommand::RegisterFactory { name: "A".into() }, &meta(), None)
+        .execute::<Factory>(
+            &id,
+            FactoryCommand::RegisterFactory { name: "A".into() },
+            &meta(),
+            None,
+        )
         .await
         .expect("register");
     for sql in [
@@ -38,7 +43,10 @@ async fn events_can_be_neither_updated_nor_deleted_nor_truncated() {
         let e = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
         assert!(e.to_string().contains("events are immutable"), "{sql}: {e}");
     }
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&db.pool).await.expect("count");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
     assert_eq!(n, 1);
 }
 
@@ -48,7 +56,12 @@ async fn every_event_gets_a_global_position_its_transaction_and_a_timestamp() {
     let store = voketag_commands::store::EventStore::new(db.pool.clone());
     for name in ["A", "B", "C"] {
         store
-            .execute::<Factory>(&Uuid::now_v7().to_string(), FactoryCommand::RegisterFactory { name: name.into() }, &meta(), None)
+            .execute::<Factory>(
+                &Uuid::now_v7().to_string(),
+                FactoryCommand::RegisterFactory { name: name.into() },
+                &meta(),
+                None,
+            )
             .await
             .expect("register");
     }
@@ -60,13 +73,19 @@ async fn every_event_gets_a_global_position_its_transaction_and_a_timestamp() {
     .expect("events");
     assert_eq!(rows.len(), 3);
     assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "positions rise");
-    assert!(rows.windows(2).all(|w| w[0].1 != w[1].1), "one transaction per command");
+    assert!(
+        rows.windows(2).all(|w| w[0].1 != w[1].1),
+        "one transaction per command"
+    );
     for (_, tx, at, metadata) in &rows {
         assert!(tx.parse::<u64>().is_ok(), "tx_id is an xid8: {tx}");
         assert!((chrono::Utc::now() - *at).num_seconds().abs() < 60);
         let m: serde_json::Value = serde_json::from_str(metadata).expect("metadata json");
         for key in EventMetadata::KEYS {
-            assert!(m[key].as_str().is_some_and(|v| !v.is_empty()), "metadata {key} in {m}");
+            assert!(
+                m[key].as_str().is_some_and(|v| !v.is_empty()),
+                "metadata {key} in {m}"
+            );
         }
     }
 }
@@ -78,21 +97,28 @@ async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_ve
     // The lookup tables' foreign keys want a factory and a product first.
     let factory = Uuid::now_v7();
     store
-        .execute::<Factory>(&factory.to_string(), FactoryCommand::RegisterFactory { name: "F".into() }, &meta(), None)
+        .execute::<Factory>(
+            &factory.to_string(),
+            FactoryCommand::RegisterFactory { name: "F".into() },
+            &meta(),
+            None,
+        )
         .await
         .expect("factory");
     let product = Uuid::now_v7();
     store
         .execute::<voketag_domain::product::Product>(
             &product.to_string(),
-            voketag_domain::product::ProductCommand::RegisterProduct(voketag_domain::product::NewProduct {
-                factory_id: factory,
-                gtin: voketag_domain::Gtin::parse("09506000134352").expect("gtin"),
-                name: "P".into(),
-                brand: "B".into(),
-                description: String::new(),
-                intended_markets: vec![voketag_domain::Market::parse("BR").expect("market")],
-            }),
+            voketag_domain::product::ProductCommand::RegisterProduct(
+                voketag_domain::product::NewProduct {
+                    factory_id: factory,
+                    gtin: voketag_domain::Gtin::parse("09506000134352").expect("gtin"),
+                    name: "P".into(),
+                    brand: "B".into(),
+                    description: String::new(),
+                    intended_markets: vec![voketag_domain::Market::parse("BR").expect("market")],
+                },
+            ),
             &meta(),
             None,
         )
@@ -120,31 +146,48 @@ async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_ve
     // Two units load version 1; the first to commit wins.
     let mut first = store.begin::<Batch>(&batch, &meta()).await.expect("first");
     let mut second = store.begin::<Batch>(&batch, &meta()).await.expect("second");
-    first.handle(BatchCommand::ActivateBatch).await.expect("activate");
+    first
+        .handle(BatchCommand::ActivateBatch)
+        .await
+        .expect("activate");
     first.commit().await.expect("first commits");
-    let err = match second.handle(BatchCommand::RecallBatch { reason: "x".into() }).await {
+    let err = match second
+        .handle(BatchCommand::RecallBatch { reason: "x".into() })
+        .await
+    {
         Err(e) => e,
-        Ok(_) => second.commit().await.map(|_| ()).expect_err("the second writer must conflict"),
+        Ok(_) => second
+            .commit()
+            .await
+            .map(|_| ())
+            .expect_err("the second writer must conflict"),
     };
     let err = store.resolve::<Batch>(&batch, err).await;
-    assert!(matches!(err, CommandError::Conflict { current_version: 2 }), "{err:?}");
+    assert!(
+        matches!(err, CommandError::Conflict { current_version: 2 }),
+        "{err:?}"
+    );
 
     // An expected version that is not the current one is refused the same way.
     let err = store
         .execute::<Batch>(&batch, BatchCommand::CloseBatch, &meta(), Some(1))
         .await
         .expect_err("stale expected version");
-    assert!(matches!(err, CommandError::Conflict { current_version: 2 }), "{err:?}");
+    assert!(
+        matches!(err, CommandError::Conflict { current_version: 2 }),
+        "{err:?}"
+    );
     let (_, v) = store
         .execute::<Batch>(&batch, BatchCommand::CloseBatch, &meta(), Some(2))
         .await
         .expect("current expected version");
     assert_eq!(v, 3);
-    let snapshot: i64 = sqlx::query_scalar("SELECT last_sequence FROM snapshots WHERE aggregate_id = $1")
-        .bind(&batch)
-        .fetch_one(&db.pool)
-        .await
-        .expect("snapshot");
+    let snapshot: i64 =
+        sqlx::query_scalar("SELECT last_sequence FROM snapshots WHERE aggregate_id = $1")
+            .bind(&batch)
+            .fetch_one(&db.pool)
+            .await
+            .expect("snapshot");
     assert_eq!(snapshot, 3, "the snapshot follows every commit");
 }
 
@@ -182,14 +225,26 @@ async fn migrations_are_safe_to_repeat_and_to_run_concurrently() {
         (x.join().expect("thread"), y.join().expect("thread"))
     });
     for out in [x.expect("run migrate"), y.expect("run migrate")] {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let pool = db::connect_url(&url, 1).await.expect("connect");
-    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool).await.expect("count");
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
     assert_eq!(tables as usize, db::MIGRATOR.iter().count());
     pool.close().await;
-    let admin = db::connect_url(&voketag_tests::admin_database_url(), 1).await.expect("admin");
-    sqlx::query(&format!("DROP DATABASE \"{fresh}\" WITH (FORCE)")).execute(&admin).await.expect("drop");
+    let admin = db::connect_url(&voketag_tests::admin_database_url(), 1)
+        .await
+        .expect("admin");
+    sqlx::query(&format!("DROP DATABASE \"{fresh}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .expect("drop");
 }
 
 #[tokio::test]

@@ -33,7 +33,10 @@ async fn import_status(app: &TestApp, who: &As, id: Uuid) -> Value {
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(app.pool()).await.expect("count query")
+    sqlx::query_scalar(sql)
+        .fetch_one(app.pool())
+        .await
+        .expect("count query")
 }
 
 /// Uploads, runs the worker, and returns the import as the API shows it.
@@ -79,7 +82,10 @@ async fn a_clean_file_issues_every_tag_in_chunks_of_ten_thousand() {
     .expect("tag ids");
     let expected: Vec<String> = ids.iter().map(Uuid::to_string).collect();
     assert_eq!(stored, expected, "every tag, once, in file order");
-    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 25_001);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM tag_registry").await,
+        25_001
+    );
     let (_, b) = app.get(&format!("/v1/batches/{batch}"), &user).await;
     assert_eq!(b["tag_count"], 25_001);
     // The upload is gone once processed; the events are the record.
@@ -97,19 +103,59 @@ fn bad_files() -> Vec<Bad> {
     let a = Uuid::new_v4();
     let b = Uuid::new_v4();
     vec![
-        Bad { name: "malformed uuid", body: format!("tag_id\n{a}\nnot-a-uuid\n").into_bytes(), code: "invalid_uuid", line: 3 },
-        Bad { name: "no header", body: format!("{a}\n{b}\n").into_bytes(), code: "missing_header", line: 1 },
-        Bad { name: "no tag_id column", body: format!("serial\n{a}\n").into_bytes(), code: "missing_tag_id_column", line: 1 },
-        Bad { name: "wrong column count", body: format!("tag_id,serial\n{a},S1\n{b},S2,extra\n").into_bytes(), code: "wrong_column_count", line: 3 },
-        Bad { name: "duplicate inside the file", body: format!("tag_id\n{a}\n{b}\n{a}\n").into_bytes(), code: "duplicate_tag", line: 4 },
+        Bad {
+            name: "malformed uuid",
+            body: format!("tag_id\n{a}\nnot-a-uuid\n").into_bytes(),
+            code: "invalid_uuid",
+            line: 3,
+        },
+        Bad {
+            name: "no header",
+            body: format!("{a}\n{b}\n").into_bytes(),
+            code: "missing_header",
+            line: 1,
+        },
+        Bad {
+            name: "no tag_id column",
+            body: format!("serial\n{a}\n").into_bytes(),
+            code: "missing_tag_id_column",
+            line: 1,
+        },
+        Bad {
+            name: "wrong column count",
+            body: format!("tag_id,serial\n{a},S1\n{b},S2,extra\n").into_bytes(),
+            code: "wrong_column_count",
+            line: 3,
+        },
+        Bad {
+            name: "duplicate inside the file",
+            body: format!("tag_id\n{a}\n{b}\n{a}\n").into_bytes(),
+            code: "duplicate_tag",
+            line: 4,
+        },
         Bad {
             name: "non-UTF-8 bytes",
-            body: [format!("tag_id,serial\n{a},ok\n{b},").into_bytes(), vec![0xff, 0xfe], b"\n".to_vec()].concat(),
+            body: [
+                format!("tag_id,serial\n{a},ok\n{b},").into_bytes(),
+                vec![0xff, 0xfe],
+                b"\n".to_vec(),
+            ]
+            .concat(),
             code: "invalid_utf8",
             line: 3,
         },
-        Bad { name: "header only", body: b"tag_id\n".to_vec(), code: "no_rows", line: 1 },
-        Bad { name: "blank file", body: b"\n\n  \n".to_vec(), code: "empty_file", line: 1 },
+        Bad {
+            name: "header only",
+            body: b"tag_id\n".to_vec(),
+            code: "no_rows",
+            line: 1,
+        },
+        Bad {
+            name: "blank file",
+            body: b"\n\n  \n".to_vec(),
+            code: "empty_file",
+            line: 1,
+        },
     ]
 }
 
@@ -124,11 +170,22 @@ async fn each_kind_of_bad_file_is_rejected_whole_with_its_own_error() {
         let first = &done["errors"][0];
         assert_eq!(first["code"], bad.code, "{}: {done}", bad.name);
         assert_eq!(first["line"], bad.line, "{}: {done}", bad.name);
-        assert!(first["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", bad.name);
+        assert!(
+            first["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            bad.name
+        );
     }
     // Nothing of any rejected file was issued: no half-applied import.
     assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
-    assert_eq!(count(&app, "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'").await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -147,7 +204,14 @@ async fn one_bad_row_among_many_good_ones_rejects_the_whole_file() {
     assert_eq!(done["status"], "rejected");
     assert_eq!(done["errors"][0]["line"], 29_002);
     assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
-    assert_eq!(count(&app, "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'").await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -164,7 +228,11 @@ async fn tags_issued_before_are_refused_with_their_lines() {
     assert_eq!(second["error_count"], 1);
     assert_eq!(second["errors"][0]["code"], "tag_already_issued");
     assert_eq!(second["errors"][0]["line"], 3);
-    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 3, "the fresh tag was not issued either");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM tag_registry").await,
+        3,
+        "the fresh tag was not issued either"
+    );
 }
 
 #[tokio::test]
@@ -188,32 +256,52 @@ async fn the_intake_refuses_empty_files_wrong_content_types_and_oversized_files(
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "empty_file");
 
-    let (status, body) = app.upload(&user, batch, "application/json", csv_of(&[Uuid::new_v4()])).await;
+    let (status, body) = app
+        .upload(&user, batch, "application/json", csv_of(&[Uuid::new_v4()]))
+        .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
     assert_eq!(body["error"]["code"], "unsupported_media_type");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("text/csv"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("text/csv")
+    );
 
     let big = csv_of(&(0..40).map(|_| Uuid::new_v4()).collect::<Vec<_>>());
-    let (status, body) = app.upload(&user, batch, "text/csv; charset=utf-8", big.clone()).await;
+    let (status, body) = app
+        .upload(&user, batch, "text/csv; charset=utf-8", big.clone())
+        .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"]["code"], "file_too_large");
 
     // Without a Content-Length (chunked), the limit is enforced while streaming.
     let stream = chunked(big);
     let response = app
-        .request(reqwest::Method::POST, &format!("/v1/batches/{batch}/imports"), &user)
+        .request(
+            reqwest::Method::POST,
+            &format!("/v1/batches/{batch}/imports"),
+            &user,
+        )
         .header("content-type", "text/csv")
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await
         .expect("chunked upload");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(count(&app, "SELECT count(*) FROM imports").await, 0, "refused uploads leave nothing behind");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM imports").await,
+        0,
+        "refused uploads leave nothing behind"
+    );
 }
 
 /// The body in 100-byte pieces, sent chunked (no Content-Length).
-fn chunked(data: Vec<u8>) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + Sync + 'static {
-    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = data.chunks(100).map(|c| Ok(c.to_vec())).collect();
+fn chunked(
+    data: Vec<u8>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + Sync + 'static {
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        data.chunks(100).map(|c| Ok(c.to_vec())).collect();
     futures::stream::iter(pieces)
 }
 
@@ -221,11 +309,17 @@ fn chunked(data: Vec<u8>) -> impl futures::Stream<Item = Result<Vec<u8>, std::io
 async fn imports_into_a_recalled_batch_are_refused() {
     let app = spawn_app().await;
     let (user, batch) = setup(&app).await;
-    let (status, body) = app.upload(&user, batch, "text/csv", csv_of(&[Uuid::new_v4()])).await;
+    let (status, body) = app
+        .upload(&user, batch, "text/csv", csv_of(&[Uuid::new_v4()]))
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     // Recalled after upload, before the worker ran: the worker refuses it.
     let (status, _) = app
-        .post(&format!("/v1/batches/{batch}/recall"), &user, serde_json::json!({"reason": "contamination"}))
+        .post(
+            &format!("/v1/batches/{batch}/recall"),
+            &user,
+            serde_json::json!({"reason": "contamination"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     app.drain_imports().await;
@@ -233,7 +327,9 @@ async fn imports_into_a_recalled_batch_are_refused() {
     assert_eq!(done["status"], "rejected", "{done}");
     assert_eq!(done["errors"][0]["code"], "batch.issue_into_finished_batch");
     // And the intake refuses new ones at once.
-    let (status, body) = app.upload(&user, batch, "text/csv", csv_of(&[Uuid::new_v4()])).await;
+    let (status, body) = app
+        .upload(&user, batch, "text/csv", csv_of(&[Uuid::new_v4()]))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "batch.issue_into_finished_batch");
 }
@@ -279,8 +375,17 @@ async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
     // committed is all or nothing.
     for delay_ms in [0u64, 150, 400] {
         let mut worker = start_worker(&app);
-        let seen = wait_for(&app, import, &["validating", "applying", "completed"], Duration::from_secs(60)).await;
-        assert_ne!(seen, "completed", "the worker finished before it could be killed");
+        let seen = wait_for(
+            &app,
+            import,
+            &["validating", "applying", "completed"],
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_ne!(
+            seen, "completed",
+            "the worker finished before it could be killed"
+        );
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         worker.kill().expect("SIGKILL the worker");
         let _ = worker.wait();
@@ -290,20 +395,44 @@ async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
             .await
             .expect("status");
         let registered = count(&app, "SELECT count(*) FROM tag_registry").await;
-        let events = count(&app, "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'").await;
+        let events = count(
+            &app,
+            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'",
+        )
+        .await;
         if status == "completed" {
             break;
         }
-        assert_eq!((registered, events), (0, 0), "killed after {delay_ms} ms while {status}: nothing may be half-applied");
+        assert_eq!(
+            (registered, events),
+            (0, 0),
+            "killed after {delay_ms} ms while {status}: nothing may be half-applied"
+        );
     }
 
     let mut worker = start_worker(&app);
-    let status = wait_for(&app, import, &["completed", "rejected"], Duration::from_secs(120)).await;
+    let status = wait_for(
+        &app,
+        import,
+        &["completed", "rejected"],
+        Duration::from_secs(120),
+    )
+    .await;
     worker.kill().expect("stop the worker");
     let _ = worker.wait();
     assert_eq!(status, "completed");
-    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, n as i64);
-    assert_eq!(count(&app, "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'").await, 15);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM tag_registry").await,
+        n as i64
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
+        )
+        .await,
+        15
+    );
     let issued: i64 = count(
         &app,
         "SELECT count(DISTINCT t->>'tag_id') FROM events, json_array_elements(payload->'TagsIssued'->'tags') t
@@ -318,5 +447,8 @@ async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
         .fetch_one(app.pool())
         .await
         .expect("attempts");
-    assert!(attempts >= 2, "the import was resumed after a kill (attempts {attempts})");
+    assert!(
+        attempts >= 2,
+        "the import was resumed after a kill (attempts {attempts})"
+    );
 }
