@@ -159,6 +159,37 @@ impl EventStore {
         A::Error: RuleCode,
     {
         let loaded = self.load::<A>(aggregate_id).await?;
+        self.open(aggregate_id, loaded, metadata).await
+    }
+
+    /// Like [`EventStore::begin`] for an id that was just minted, so nothing is stored
+    /// under it: saves loading. Should the id exist after all, the commit conflicts.
+    pub async fn begin_new<A>(
+        &self,
+        aggregate_id: &str,
+        metadata: &EventMetadata,
+    ) -> Result<Unit<A>, CommandError>
+    where
+        A: Indexed,
+        A::Error: RuleCode,
+    {
+        let fresh = Loaded {
+            aggregate: A::default(),
+            version: 0,
+        };
+        self.open(aggregate_id, fresh, metadata).await
+    }
+
+    async fn open<A>(
+        &self,
+        aggregate_id: &str,
+        loaded: Loaded<A>,
+        metadata: &EventMetadata,
+    ) -> Result<Unit<A>, CommandError>
+    where
+        A: Indexed,
+        A::Error: RuleCode,
+    {
         let tx = self.pool.begin().await?;
         let metadata = serde_json::to_string(&metadata.to_map())
             .map_err(|e| CommandError::Corrupt(e.to_string()))?;

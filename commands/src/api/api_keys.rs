@@ -11,7 +11,7 @@ use voketag_platform::http::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Que
 use voketag_schemas::ErrorEnvelope;
 use voketag_schemas::factory_api::{ApiKeyCreatedDto, ApiKeyDto, NewApiKeyRequest};
 
-use super::context::{Caller, Idempotency, command_error, decide, once};
+use super::context::{Caller, Idempotency, Target, command_error, decide, once};
 use super::products::{factory_exists, field_error};
 use super::{AppState, db_error};
 use crate::auth::api_key::generate;
@@ -53,7 +53,7 @@ pub(crate) async fn create_api_key(
         });
         decide::<ApiKey, _>(
             &state,
-            id,
+            Target::New(id),
             command,
             &caller.metadata(factory_id),
             None,

@@ -12,7 +12,7 @@ use voketag_schemas::EventMetadata;
 use voketag_schemas::factory_api::{BatchDto, NewBatchRequest, ReasonRequest, TagRevokedDto};
 
 use super::context::{
-    Caller, Idempotency, command_error, decide, expected_version, once, versioned,
+    Caller, Idempotency, Target, command_error, decide, expected_version, once, versioned,
 };
 use super::products::markets;
 use super::{AppState, db_error};
@@ -90,7 +90,7 @@ pub(crate) async fn create_batch(
         });
         let (body, version) = decide::<Batch, _>(
             &state,
-            id,
+            Target::New(id),
             command,
             &caller.metadata(product.factory_id),
             None,
@@ -139,7 +139,7 @@ async fn transition(
     once(&state, idem.as_ref(), || async {
         let (body, version) = decide::<Batch, _>(
             &state,
-            id,
+            Target::Existing(id),
             command,
             &caller.metadata(factory_id),
             expected,
@@ -261,7 +261,7 @@ pub(crate) async fn revoke_tag(
         let reason = req.reason.trim().to_string();
         let (body, version) = decide::<Batch, _>(
             &state,
-            batch_id,
+            Target::Existing(batch_id),
             BatchCommand::RevokeTag {
                 tag_id,
                 reason: req.reason.clone(),

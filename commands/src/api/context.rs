@@ -348,11 +348,19 @@ pub(crate) fn versioned<T: serde::Serialize>(
     r
 }
 
+/// Which aggregate a command acts on.
+#[derive(Clone, Copy)]
+pub(crate) enum Target {
+    /// An id minted for this command: nothing to load.
+    New(Uuid),
+    Existing(Uuid),
+}
+
 /// Runs one command in one transaction with its idempotency record; `respond` builds the
 /// answer from the new state so that the answer commits with the events.
 pub(crate) async fn decide<A, R>(
     state: &AppState,
-    aggregate_id: Uuid,
+    target: Target,
     command: A::Command,
     metadata: &EventMetadata,
     expected: Option<u64>,
@@ -364,9 +372,16 @@ where
     A::Error: voketag_domain::RuleCode,
     R: serde::Serialize,
 {
-    let id = aggregate_id.to_string();
+    let (id, new) = match target {
+        Target::New(id) => (id.to_string(), true),
+        Target::Existing(id) => (id.to_string(), false),
+    };
     let run = async {
-        let mut unit = state.store.begin::<A>(&id, metadata).await?;
+        let mut unit = if new {
+            state.store.begin_new::<A>(&id, metadata).await?
+        } else {
+            state.store.begin::<A>(&id, metadata).await?
+        };
         unit.expect_version(expected)?;
         unit.handle(command).await?;
         let body = respond(unit.aggregate(), unit.version());

@@ -10,7 +10,7 @@ use voketag_schemas::ErrorEnvelope;
 use voketag_schemas::factory_api::{FactoryDto, NewFactoryRequest};
 
 use super::AppState;
-use super::context::{Caller, Idempotency, command_error, decide, once, versioned};
+use super::context::{Caller, Idempotency, Target, command_error, decide, once, versioned};
 
 fn dto(id: Uuid, f: &Factory, version: u64) -> Option<FactoryDto> {
     f.state.as_ref().map(|s| FactoryDto {
@@ -38,7 +38,7 @@ pub(crate) async fn create_factory(
         let id = Uuid::now_v7();
         let (body, version) = decide::<Factory, _>(
             &state,
-            id,
+            Target::New(id),
             FactoryCommand::RegisterFactory { name: req.name },
             &caller.metadata(id),
             None,

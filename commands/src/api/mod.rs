@@ -41,6 +41,8 @@ pub struct Inner {
     pub verifier: JwtVerifier,
     pub limiter: RedisRateLimiter,
     pub settings: Settings,
+    /// The development identity provider's public keys, served when no real provider is set.
+    pub dev_jwks: Option<jsonwebtoken::jwk::JwkSet>,
 }
 
 #[derive(OpenApi)]
@@ -107,6 +109,7 @@ pub fn router(state: AppState) -> Router {
     .route("/v1/health", get(vhttp::health))
     .route("/v1/ready", get(ready))
     .route("/metrics", get(vhttp::metrics))
+    .route("/.well-known/jwks.json", get(dev_jwks))
     .fallback(vhttp::route_not_found)
     .method_not_allowed_fallback(vhttp::method_not_allowed)
     .with_state(state)
@@ -117,6 +120,15 @@ pub fn router(state: AppState) -> Router {
     .layer(axum::middleware::from_fn(|req: Request, next| {
         vhttp::observe("factory-api", req, next)
     }))
+}
+
+/// The development identity provider's JWKS, for other services' `VOKETAG_JWKS_URL`.
+async fn dev_jwks(
+    State(state): State<AppState>,
+) -> Result<axum::Json<jsonwebtoken::jwk::JwkSet>, ApiError> {
+    state.dev_jwks.clone().map(axum::Json).ok_or_else(|| {
+        ApiError::not_found("development JWKS (a real identity provider is configured)")
+    })
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
@@ -142,6 +154,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
 }
 
 pub async fn build_with(settings: Settings, pool: PgPool, redis: RedisPool) -> anyhow::Result<App> {
+    let mut dev_jwks = None;
     let verifier = match &settings.jwks_url {
         Some(url) => JwtVerifier::remote(
             url.clone(),
@@ -152,13 +165,16 @@ pub async fn build_with(settings: Settings, pool: PgPool, redis: RedisPool) -> a
                 .build()?,
             JwksCachePolicy::default(),
         ),
-        None => DevIdp::load_or_create(
-            &pool,
-            settings.jwt_issuer.clone(),
-            settings.jwt_audience.clone(),
-        )
-        .await?
-        .verifier(),
+        None => {
+            let idp = DevIdp::load_or_create(
+                &pool,
+                settings.jwt_issuer.clone(),
+                settings.jwt_audience.clone(),
+            )
+            .await?;
+            dev_jwks = Some(idp.jwks());
+            idp.verifier()
+        }
     };
     let limiter = RedisRateLimiter::new(
         redis.clone(),
@@ -173,6 +189,7 @@ pub async fn build_with(settings: Settings, pool: PgPool, redis: RedisPool) -> a
         verifier,
         limiter,
         settings,
+        dev_jwks,
     });
     Ok(App {
         listener,

@@ -13,7 +13,7 @@ use voketag_platform::http::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Que
 use voketag_schemas::ErrorEnvelope;
 use voketag_schemas::factory_api::{NewProductRequest, Page, ProductDto};
 
-use super::context::{Caller, Idempotency, command_error, decide, once, versioned};
+use super::context::{Caller, Idempotency, Target, command_error, decide, once, versioned};
 use super::{AppState, db_error};
 
 pub(crate) fn dto(id: Uuid, p: &Product, version: u64) -> Option<ProductDto> {
@@ -81,7 +81,7 @@ pub(crate) async fn create_product(
         });
         let (body, version) = decide::<Product, _>(
             &state,
-            id,
+            Target::New(id),
             command,
             &caller.metadata(factory_id),
             None,
