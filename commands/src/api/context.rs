@@ -310,8 +310,10 @@ impl Idempotency {
     }
 }
 
-/// Runs a POST once per Idempotency-Key: an earlier answer is replayed; a concurrent
-/// duplicate that lost the race gets the winner's answer.
+/// Runs a POST once per Idempotency-Key: an earlier answer is replayed. Concurrent
+/// duplicates need no lock: the events' primary key, the unique lookup rows and the
+/// idempotency row itself make a loser wait for the winner's commit and then fail; once
+/// it has failed, the winner's stored answer is what it gets.
 pub(crate) async fn once<F, Fut>(
     state: &AppState,
     idem: Option<&Idempotency>,
@@ -321,17 +323,18 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
 {
-    if let Some(i) = idem
-        && let Some(r) = i.replay(state).await?
-    {
+    let Some(i) = idem else {
+        return run().await;
+    };
+    if let Some(r) = i.replay(state).await? {
         return Ok(r);
     }
     match run().await {
-        Err(e) if e.code == "idempotency_in_flight" => match idem {
-            Some(i) => i.replay(state).await?.ok_or(e),
-            None => Err(e),
+        Ok(r) => Ok(r),
+        Err(e) => match i.replay(state).await {
+            Ok(Some(r)) => Ok(r),
+            _ => Err(e),
         },
-        other => other,
     }
 }
 

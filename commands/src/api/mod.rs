@@ -91,6 +91,10 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api_keys::revoke_api_key))
         .routes(routes!(imports::create_import))
         .routes(routes!(imports::get_import))
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
 }
 
 /// The OpenAPI document served at `/openapi.json`.
@@ -99,27 +103,19 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = routes().split_for_parts();
-    let doc = Arc::new(doc);
+    let (api, _) = routes().split_for_parts();
     let timeout = Duration::from_secs(state.settings.request_timeout_secs);
-    api.route(
-        "/openapi.json",
-        get(move || async move { axum::Json(doc.as_ref().clone()) }),
-    )
-    .route("/v1/health", get(vhttp::health))
-    .route("/v1/ready", get(ready))
-    .route("/metrics", get(vhttp::metrics))
-    .route("/.well-known/jwks.json", get(dev_jwks))
-    .fallback(vhttp::route_not_found)
-    .method_not_allowed_fallback(vhttp::method_not_allowed)
-    .with_state(state)
-    .layer(TimeoutLayer::with_status_code(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        timeout,
-    ))
-    .layer(axum::middleware::from_fn(|req: Request, next| {
-        vhttp::observe("factory-api", req, next)
-    }))
+    api.route("/.well-known/jwks.json", get(dev_jwks))
+        .fallback(vhttp::route_not_found)
+        .method_not_allowed_fallback(vhttp::method_not_allowed)
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(axum::middleware::from_fn(|req: Request, next| {
+            vhttp::observe("factory-api", req, next)
+        }))
 }
 
 /// The development identity provider's JWKS, for other services' `VOKETAG_JWKS_URL`.
@@ -131,6 +127,28 @@ async fn dev_jwks(
     })
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document")))]
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    axum::Json(DOC.get_or_init(openapi).clone())
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/v1/health", tag = "operations", responses((status = 200, description = "alive")))]
+async fn health() -> axum::Json<serde_json::Value> {
+    vhttp::health().await
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format")))]
+async fn metrics() -> axum::response::Response {
+    vhttp::metrics().await
+}
+
+/// Postgres and Redis are reachable.
+#[utoipa::path(get, path = "/v1/ready", tag = "operations",
+    responses((status = 200, description = "ready"), (status = 503, body = voketag_schemas::ErrorEnvelope)))]
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let (pg, rd) = tokio::join!(
         vhttp::check_postgres(&state.pool),
@@ -154,6 +172,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
 }
 
 pub async fn build_with(settings: Settings, pool: PgPool, redis: RedisPool) -> anyhow::Result<App> {
+    // Install the metrics recorder now, so requests before the first scrape are counted.
+    voketag_platform::telemetry::metrics_handle();
     let mut dev_jwks = None;
     let verifier = match &settings.jwks_url {
         Some(url) => JwtVerifier::remote(
