@@ -63,9 +63,8 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal
                 }
                 // The shared counter is unreachable: refuse rather than run unlimited.
                 Err(e) => {
-                    return Err(ApiError::unavailable(format!(
-                        "rate limiter unavailable: {e}"
-                    )));
+                    tracing::error!(error = %e, "rate limiter unavailable");
+                    return Err(ApiError::unavailable(e.public_message()));
                 }
             }
         }
@@ -97,16 +96,15 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal
 
 fn auth_error(e: AuthError) -> ApiError {
     match e {
-        AuthError::JwksUnavailable(why) => {
-            ApiError::unavailable(format!("the identity provider is unreachable: {why}"))
-        }
-        AuthError::Store(why) => {
-            ApiError::unavailable(format!("credentials cannot be checked now: {why}"))
-        }
         AuthError::Missing => ApiError::unauthorized(
             "credentials required: send `Authorization: Bearer <JWT>` or `X-API-Key: <key>`",
         ),
-        other => ApiError::unauthorized(other.to_string()),
+        e if e.is_client_error() => ApiError::unauthorized(e.to_string()),
+        // Our own failure: the detail goes to the logs, not to the caller.
+        e => {
+            tracing::error!(error = %e, "credentials could not be checked");
+            ApiError::unavailable(e.public_message())
+        }
     }
 }
 

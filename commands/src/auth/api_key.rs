@@ -107,9 +107,8 @@ pub async fn authenticate(pool: &PgPool, presented: &str) -> Result<Principal, A
     let Some((key_id, factory_id, role, stored_hex, revoked_at)) = row else {
         return Err(AuthError::UnknownKey);
     };
-    let stored = hex::decode(stored_hex.trim()).map_err(|_| {
-        AuthError::Store(format!("api_keys.secret_sha256 of {key_id} is not hex"))
-    })?;
+    let stored = hex::decode(stored_hex.trim())
+        .map_err(|_| AuthError::Store(format!("api_keys.secret_sha256 of {key_id} is not hex")))?;
     if stored.len() != presented_digest.len() {
         return Err(AuthError::Store(format!(
             "api_keys.secret_sha256 of {key_id} is not a SHA-256 digest"
@@ -198,13 +197,13 @@ mod tests {
         for bad in [
             "",
             "vk_",
-            "vk_abcd1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcde",   // short
+            "vk_abcd1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcde", // short
             "vk_abcd1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefg", // long
-            "vk_ABCD1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef",  // upper-case prefix
-            "vk_abcd1234-ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef",  // wrong separator
-            "xk_abcd1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef",  // wrong scheme
-            "vk_abcd1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcd-f",  // non-alphanumeric
-            "vk_abcd123é_ABCDEFGHIJKLMNOPQRSTUVWXYZabcde",   // non-ASCII
+            "vk_ABCD1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef", // upper-case prefix
+            "vk_abcd1234-ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef", // wrong separator
+            "xk_abcd1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef", // wrong scheme
+            "vk_abcd1234_ABCDEFGHIJKLMNOPQRSTUVWXYZabcd-f", // non-alphanumeric
+            "vk_abcd123é_ABCDEFGHIJKLMNOPQRSTUVWXYZabcde", // non-ASCII
         ] {
             assert_eq!(parse_prefix(bad), None, "{bad:?}");
         }

@@ -189,9 +189,7 @@ impl std::fmt::Debug for DevIdp {
 
 type KeyRow = (String, String);
 
-async fn select_keys<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-) -> Result<Vec<KeyRow>, sqlx::Error> {
+async fn select_keys<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<Vec<KeyRow>, sqlx::Error> {
     sqlx::query_as::<_, KeyRow>(
         "SELECT kid, private_key_pem FROM dev_signing_keys ORDER BY created_at DESC, kid DESC",
     )
@@ -389,7 +387,12 @@ pub(crate) mod tests {
         let idp = test_idp();
         let factory_id = Uuid::new_v4();
         let token = idp
-            .mint("dev-user", factory_id, Role::Admin, Duration::from_secs(600))
+            .mint(
+                "dev-user",
+                factory_id,
+                Role::Admin,
+                Duration::from_secs(600),
+            )
             .expect("mint");
         let header = jsonwebtoken::decode_header(&token).expect("header");
         assert_eq!(header.alg, Algorithm::RS256);

@@ -195,7 +195,8 @@ impl JwtVerifier {
                 "only RS256 tokens are accepted".into(),
             ));
         }
-        data.claims.into_claims(&self.inner.issuer, &self.inner.audience)
+        data.claims
+            .into_claims(&self.inner.issuer, &self.inner.audience)
     }
 
     async fn key_for(&self, kid: &str) -> Result<DecodingKey, AuthError> {
@@ -207,10 +208,7 @@ impl JwtVerifier {
 }
 
 fn unknown_kid(kid: &str) -> AuthError {
-    AuthError::InvalidToken(format!(
-        "signing key `{}` is not known",
-        sanitize(kid, 64)
-    ))
+    AuthError::InvalidToken(format!("signing key `{}` is not known", sanitize(kid, 64)))
 }
 
 impl Remote {
@@ -315,7 +313,10 @@ impl Remote {
             .map_err(|e| format!("GET {}: not a JWK set: {e}", self.url))?;
         let keys = usable_keys(&set);
         if keys.is_empty() {
-            return Err(format!("GET {}: the key set has no usable RS256 keys", self.url));
+            return Err(format!(
+                "GET {}: the key set has no usable RS256 keys",
+                self.url
+            ));
         }
         Ok(keys)
     }
@@ -604,7 +605,10 @@ mod tests {
             .expect("valid token verifies");
         assert_eq!(claims.sub, "alice");
         assert_eq!(claims.role, Role::FactoryUser);
-        assert_eq!(claims.factory_id.to_string(), "0190f0a0-0000-7000-8000-000000000001");
+        assert_eq!(
+            claims.factory_id.to_string(),
+            "0190f0a0-0000-7000-8000-000000000001"
+        );
         assert_eq!(claims.aud, AUD);
 
         // Audience as an array containing ours is accepted.
@@ -762,7 +766,7 @@ mod tests {
         let rotated = SigningKey::generate().expect("generate key");
         let third = SigningKey::generate().expect("generate key");
         let server = jwks_server(old.jwks()).await;
-        let verifier = remote(&server, policy(600_000, 400));
+        let verifier = remote(&server, policy(600_000, 1_000));
 
         assert!(verifier.verify(&sign(old, &claims_json(300))).await.is_ok());
         assert_eq!(server.hits.load(Ordering::SeqCst), 1);
@@ -777,7 +781,7 @@ mod tests {
         assert_eq!(server.hits.load(Ordering::SeqCst), 1);
 
         // Once it has, the unknown kid triggers exactly one refetch and then verifies.
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        tokio::time::sleep(Duration::from_millis(1_050)).await;
         assert!(
             verifier
                 .verify(&sign(&rotated, &claims_json(300)))
@@ -799,8 +803,8 @@ mod tests {
         for i in 0..50 {
             let mut header = Header::new(Algorithm::RS256);
             header.kid = Some(format!("made-up-{i}"));
-            let token = jsonwebtoken::encode(&header, &claims_json(300), &rotated.encoding)
-                .expect("sign");
+            let token =
+                jsonwebtoken::encode(&header, &claims_json(300), &rotated.encoding).expect("sign");
             assert!(verifier.verify(&token).await.is_err());
         }
         assert_eq!(server.hits.load(Ordering::SeqCst), 2);
@@ -829,20 +833,20 @@ mod tests {
     async fn expired_cache_is_refetched_and_kept_when_the_idp_is_down() {
         let key = test_key();
         let server = jwks_server(key.jwks()).await;
-        let verifier = remote(&server, policy(200, 100));
+        let verifier = remote(&server, policy(300, 300));
         let token = sign(key, &claims_json(300));
 
         assert!(verifier.verify(&token).await.is_ok());
         assert_eq!(server.hits.load(Ordering::SeqCst), 1);
 
         // After the TTL the set is fetched again.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(verifier.verify(&token).await.is_ok());
         assert_eq!(server.hits.load(Ordering::SeqCst), 2);
 
         // The IdP fails: the expired cached set keeps being served.
         server.up.store(false, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(verifier.verify(&token).await.is_ok());
         assert_eq!(server.hits.load(Ordering::SeqCst), 3);
         // ...and the failing IdP is not hammered: no new attempt within the interval.

@@ -143,7 +143,8 @@ impl<'a> Credential<'a> {
     /// [`api_key::KEY_PREFIX`] is an API key, anything else is treated as a JWT.
     pub fn from_authorization(header: Option<&'a str>) -> Result<Self, AuthError> {
         let header = header.map(str::trim).unwrap_or_default();
-        if header.is_empty() {
+        // An empty header, or the scheme with nothing after it, carries no credential.
+        if header.is_empty() || header.eq_ignore_ascii_case("bearer") {
             return Err(AuthError::Missing);
         }
         let (scheme, value) = header.split_once(' ').ok_or_else(|| {
@@ -206,16 +207,16 @@ pub(crate) mod test_support {
     impl Drop for TestDb {
         fn drop(&mut self) {
             let name = self.name.clone();
-            let pool = self.pool.clone();
-            // Drop runs inside the test's runtime, which cannot be blocked on; use a thread
+            // Drop runs inside the test's runtime, which cannot be awaited here; use a thread
             // with its own runtime so the database goes away even when the test panicked.
+            // The pool is not touched from there (its connections belong to the blocked test
+            // runtime): `WITH (FORCE)` ends them.
             let dropper = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .expect("build runtime for database cleanup");
                 rt.block_on(async move {
-                    pool.close().await;
                     if let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await {
                         let _ = admin
                             .execute(
@@ -262,7 +263,10 @@ mod tests {
 
     #[test]
     fn missing_and_foreign_schemes_are_refused() {
-        assert_eq!(Credential::from_authorization(None), Err(AuthError::Missing));
+        assert_eq!(
+            Credential::from_authorization(None),
+            Err(AuthError::Missing)
+        );
         assert_eq!(
             Credential::from_authorization(Some("  ")),
             Err(AuthError::Missing)
@@ -275,8 +279,12 @@ mod tests {
             Credential::from_authorization(Some("Basic dXNlcjpwdw==")),
             Err(AuthError::InvalidToken(_))
         ));
-        assert!(matches!(
+        assert_eq!(
             Credential::from_authorization(Some("Bearer")),
+            Err(AuthError::Missing)
+        );
+        assert!(matches!(
+            Credential::from_authorization(Some("Token abc")),
             Err(AuthError::InvalidToken(_))
         ));
     }

@@ -202,9 +202,7 @@ mod tests {
             let decision = limiter.check(key_id).await.expect("check");
             assert_eq!(
                 decision,
-                RateDecision::Allowed {
-                    remaining: 59 - i
-                },
+                RateDecision::Allowed { remaining: 59 - i },
                 "request {}",
                 i + 1
             );
