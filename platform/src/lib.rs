@@ -2,6 +2,7 @@
 //! Postgres and Redis pools, the embedded migrations and the HTTP conventions (request ids,
 //! the error envelope, health endpoints). See `docs/adr/0001-platform-crate.md`.
 
+pub mod bus;
 pub mod db;
 pub mod http;
 pub mod redis;

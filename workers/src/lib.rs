@@ -2,3 +2,4 @@
 //! `TagsIssued` events. The relay, projectors, scan recorder and anchor worker follow.
 
 pub mod imports;
+pub mod relay;

@@ -5,3 +5,4 @@ mod api;
 mod event_store;
 mod imports;
 mod rbac;
+mod relay;
