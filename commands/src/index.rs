@@ -143,3 +143,14 @@ impl Indexed for ApiKey {
         Ok(())
     }
 }
+
+impl Indexed for voketag_domain::scan::ScanLog {
+    async fn index(
+        _conn: &mut PgConnection,
+        _aggregate_id: &str,
+        _events: &[voketag_domain::scan::ScanLogEvent],
+    ) -> Result<(), sqlx::Error> {
+        // Scans need no write-side lookup: nothing is ever found by a scan's fields.
+        Ok(())
+    }
+}

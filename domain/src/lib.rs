@@ -8,6 +8,7 @@ pub mod gtin;
 pub mod market;
 pub mod product;
 pub mod role;
+pub mod scan;
 
 pub use gtin::Gtin;
 pub use market::Market;
