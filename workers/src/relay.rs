@@ -3,13 +3,13 @@
 //! order, and checkpoints only what the bus acknowledged. See ADR 0004 for why the order
 //! is by transaction first.
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use voketag_platform::bus::{Bus, BusError, Message};
-use voketag_schemas::bus::{EVENTS_TOPIC, EventEnvelope};
+use voketag_schemas::bus::EVENTS_TOPIC;
+
+use crate::events::{COLUMNS, StoredEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -31,18 +31,12 @@ pub struct Relay {
     pub idle: Duration,
 }
 
-type EventRow = (
-    String,
-    i64,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    serde_json::Value,
-    serde_json::Value,
-    DateTime<Utc>,
-);
+#[derive(sqlx::FromRow)]
+struct RelayRow {
+    tx_id: String,
+    #[sqlx(flatten)]
+    event: StoredEvent,
+}
 
 impl Relay {
     pub fn new(pool: PgPool, bus: Arc<dyn Bus>) -> Self {
@@ -91,53 +85,30 @@ impl Relay {
         // Only transactions older than every running one are final: nothing can still
         // commit below them. Reading in (tx_id, position) order from the checkpoint
         // therefore never skips an event that commits late.
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT e.tx_id::text, e.global_position, e.aggregate_type, e.aggregate_id, e.sequence,
-                    e.event_type, e.event_version, e.payload::jsonb, e.metadata::jsonb, e.recorded_at
+        let rows: Vec<RelayRow> = sqlx::query_as(&format!(
+            "SELECT e.tx_id::text AS tx_id, {COLUMNS}
                FROM events e, relay_checkpoints c
               WHERE c.relay = $1
                 AND (e.tx_id, e.global_position) > (c.tx_id, c.position)
                 AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
               ORDER BY e.tx_id, e.global_position
-              LIMIT $2",
-        )
+              LIMIT $2"
+        ))
         .bind(&self.name)
         .bind(self.batch_size)
         .fetch_all(&self.pool)
         .await?;
-        let Some((last_tx, last_position, ..)) = rows.last().cloned() else {
+        let Some(last) = rows.last() else {
             return Ok(0);
         };
+        let (last_tx, last_position) = (last.tx_id.clone(), last.event.global_position);
         let mut messages = Vec::with_capacity(rows.len());
-        for (
-            _,
-            position,
-            aggregate_type,
-            aggregate_id,
-            sequence,
-            event_type,
-            event_version,
-            payload,
-            metadata,
-            recorded_at,
-        ) in rows
-        {
-            let metadata: HashMap<String, String> =
-                serde_json::from_value(metadata).map_err(|e| RelayError::Corrupt {
-                    position,
-                    reason: format!("metadata: {e}"),
-                })?;
-            let envelope = EventEnvelope {
-                position,
-                aggregate_type,
-                aggregate_id,
-                sequence,
-                event_type,
-                event_version,
-                payload,
-                metadata,
-                recorded_at,
-            };
+        for row in rows {
+            let position = row.event.global_position;
+            let envelope = row
+                .event
+                .into_envelope()
+                .map_err(|reason| RelayError::Corrupt { position, reason })?;
             let data = serde_json::to_vec(&envelope).map_err(|e| RelayError::Corrupt {
                 position,
                 reason: e.to_string(),
