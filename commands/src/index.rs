@@ -85,6 +85,11 @@ impl Indexed for Batch {
                     .execute(&mut *conn)
                     .await?;
                 }
+                // An import registers its tags itself, sorted, in the same transaction
+                // (workers::imports::register): far cheaper for the primary key index.
+                BatchEvent::TagsIssued {
+                    import_id: Some(_), ..
+                } => {}
                 BatchEvent::TagsIssued { tags, .. } => {
                     let ids: Vec<Uuid> = tags.iter().map(|t| t.tag_id).collect();
                     sqlx::query("INSERT INTO tag_registry (tag_id, batch_id) SELECT t, $2 FROM UNNEST($1::uuid[]) AS t")

@@ -76,7 +76,28 @@ fn taken(constraint: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
+/// Foreign keys of the lookup tables: a reference to something that does not exist.
+fn missing(constraint: &str) -> Option<&'static str> {
+    Some(match constraint {
+        "products_factory_id_fkey" | "batches_factory_id_fkey" | "api_keys_factory_id_fkey" => {
+            "factory not found"
+        }
+        "batches_product_id_fkey" => "product not found",
+        _ => return None,
+    })
+}
+
 fn classify(e: sqlx::Error) -> CommandError {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("23503")
+        && let Some(message) = db.constraint().and_then(missing)
+    {
+        return CommandError::Rule {
+            code: "not_found",
+            kind: RuleKind::Missing,
+            message: message.into(),
+        };
+    }
     if let sqlx::Error::Database(db) = &e
         && db.code().as_deref() == Some("23505")
         && let Some(constraint) = db.constraint()

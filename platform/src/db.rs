@@ -21,6 +21,9 @@ pub async fn connect_url(url: &str, max_connections: u32) -> Result<PgPool, sqlx
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
+        // A broken connection fails its query and is replaced; pinging before every
+        // acquire would cost a round trip per statement batch.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
 }

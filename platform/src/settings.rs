@@ -47,6 +47,8 @@ pub struct Settings {
     pub api_key_requests_per_minute: u32,
     /// Seconds a request may take before it is answered with 503.
     pub request_timeout_secs: u64,
+    /// Salt of the device hash in scan observations (LGPD: no raw device signals stored).
+    pub device_salt: String,
 }
 
 impl Default for Settings {
@@ -73,6 +75,7 @@ impl Default for Settings {
             import_max_bytes: 256 * 1024 * 1024,
             api_key_requests_per_minute: 60,
             request_timeout_secs: 10,
+            device_salt: "voketag-dev-salt".into(),
         }
     }
 }

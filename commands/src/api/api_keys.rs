@@ -12,7 +12,7 @@ use voketag_schemas::ErrorEnvelope;
 use voketag_schemas::factory_api::{ApiKeyCreatedDto, ApiKeyDto, NewApiKeyRequest};
 
 use super::context::{Caller, Idempotency, Target, command_error, decide, once};
-use super::products::{factory_exists, field_error};
+use super::products::field_error;
 use super::{AppState, db_error};
 use crate::auth::api_key::generate;
 
@@ -36,7 +36,6 @@ pub(crate) async fn create_api_key(
     };
     let idem = Idempotency::from_request(&headers, &caller, "POST /v1/api-keys", &req)?;
     once(&state, idem.as_ref(), || async {
-        factory_exists(&state, factory_id).await?;
         let id = Uuid::now_v7();
         let key = generate();
         let command = ApiKeyCommand::IssueApiKey {

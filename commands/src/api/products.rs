@@ -37,20 +37,6 @@ pub(crate) fn markets(field: &str, codes: &[String]) -> Result<Vec<Market>, ApiE
     Market::parse_list(codes).map_err(|e| field_error(field, "invalid_market", e.to_string()))
 }
 
-pub(crate) async fn factory_exists(state: &AppState, factory_id: Uuid) -> Result<(), ApiError> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM factories WHERE factory_id = $1)")
-            .bind(factory_id)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(db_error)?;
-    if exists {
-        Ok(())
-    } else {
-        Err(ApiError::not_found("factory"))
-    }
-}
-
 /// Register a product.
 #[utoipa::path(post, path = "/v1/products", tag = "products", request_body = NewProductRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key get the first answer")),
@@ -69,7 +55,6 @@ pub(crate) async fn create_product(
         let gtin = Gtin::parse(&req.gtin)
             .map_err(|e| field_error("gtin", "invalid_gtin", e.to_string()))?;
         let intended_markets = markets("intended_markets", &req.intended_markets)?;
-        factory_exists(&state, factory_id).await?;
         let id = Uuid::now_v7();
         let command = ProductCommand::RegisterProduct(NewProduct {
             factory_id,

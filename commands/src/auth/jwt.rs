@@ -17,6 +17,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;
 use voketag_domain::Role;
@@ -76,7 +77,16 @@ struct Inner {
     issuer: String,
     audience: String,
     source: KeySource,
+    /// Tokens verified recently, by SHA-256: an RS256 check costs ~150 µs of CPU and a
+    /// client sends the same token with every request.
+    verified: std::sync::Mutex<HashMap<[u8; 32], (Claims, Instant)>>,
 }
+
+/// How long a verified token is trusted without checking its signature again. Short, so
+/// a key withdrawn from the JWKS stops working within this time.
+const VERIFIED_FOR: Duration = Duration::from_secs(60);
+/// Most verified tokens remembered; the memory is dropped whole when full.
+const VERIFIED_MAX: usize = 10_000;
 
 enum KeySource {
     Local(HashMap<String, DecodingKey>),
@@ -162,6 +172,7 @@ impl JwtVerifier {
                 issuer,
                 audience,
                 source,
+                verified: Default::default(),
             }),
         }
     }
@@ -185,6 +196,29 @@ impl JwtVerifier {
     /// Checks signature, algorithm, issuer, audience and validity period, and returns the
     /// claims.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Ok(verified) = self.inner.verified.lock()
+            && let Some((claims, at)) = verified.get(&digest)
+            && at.elapsed() < VERIFIED_FOR
+            && claims.exp > now_secs
+        {
+            return Ok(claims.clone());
+        }
+        let claims = self.verify_signature(token).await?;
+        if let Ok(mut verified) = self.inner.verified.lock() {
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+            verified.insert(digest, (claims.clone(), Instant::now()));
+        }
+        Ok(claims)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<Claims, AuthError> {
         let header = peek_header(token)?;
         let key = self.key_for(&header.kid).await?;
         let data = jsonwebtoken::decode::<RawClaims>(token, &key, &self.inner.validation)
