@@ -29,6 +29,7 @@ pub async fn seed(
     settings: &Settings,
     pool: &sqlx::PgPool,
     addr: SocketAddr,
+    scan_addr: SocketAddr,
 ) -> anyhow::Result<()> {
     let store = EventStore::new(pool.clone());
     let meta = EventMetadata {
@@ -135,6 +136,10 @@ pub async fn seed(
     );
     println!("\n  token (factory_user, 12 h):\n    {token}");
     println!("  API key (shown once):\n    {}", key.full_key);
+    println!("\n  scan (JSON, or open in a browser):");
+    for i in 1..=DEMO_TAGS {
+        println!("    http://{scan_addr}/v1/scan/{}", tag(i));
+    }
     println!("\nTry:");
     println!("  curl -H 'Authorization: Bearer {token}' {base}/v1/batches/{BATCH}");
     println!("  curl -H 'X-API-Key: {}' {base}/v1/products", key.full_key);

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod roles;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Everything on one machine: migrations, the factory API and the workers.
+    /// Everything on one machine: migrations, both APIs, the relay, projectors and workers.
     Up {
         /// Seed a demo factory, product, active batch and tags; print credentials.
         #[arg(long)]
@@ -44,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Rebuild a read model from the event store.
+    Replay {
+        #[command(subcommand)]
+        target: ReplayCommand,
+    },
     /// Benchmarks that print figures against a raw baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -55,12 +61,30 @@ enum Command {
 enum ServeCommand {
     /// The factory command API (`VOKETAG_FACTORY_ADDR`, default 127.0.0.1:8080).
     Factory,
+    /// The public scan API (`VOKETAG_SCAN_ADDR`, default 127.0.0.1:8081).
+    Scan,
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Rebuild the Redis scan model into a new keyspace and switch to it atomically.
+    Redis {
+        /// Instead of rebuilding, compare every tag in Redis with the Postgres views.
+        #[arg(long)]
+        verify: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum WorkCommand {
     /// Turns uploaded CSV files into issued tags.
     Imports,
+    /// Publishes committed events on the bus.
+    Relay,
+    /// Applies events to the Redis scan model and the Postgres views.
+    Projector,
+    /// Records scan observations as events.
+    Scans,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +142,54 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             app.run_until_stopped().await?;
             Ok(())
         }
+        Command::Serve {
+            api: ServeCommand::Scan,
+        } => {
+            telemetry::init("scan-api", &settings);
+            let bus = roles::bus(&settings)?;
+            let pool = db::connect(&settings)
+                .await
+                .context("connecting to Postgres")?;
+            let redis = voketag_platform::redis::connect(&settings)
+                .await
+                .context("connecting to Redis")?;
+            let app = voketag_read_api::build_with(settings, pool, redis, bus).await?;
+            tracing::info!(addr = %app.local_addr()?, "scan API listening");
+            app.run_until_stopped().await?;
+            Ok(())
+        }
+        Command::Work {
+            worker: worker @ (WorkCommand::Relay | WorkCommand::Projector | WorkCommand::Scans),
+        } => {
+            let name = match worker {
+                WorkCommand::Relay => "relay",
+                WorkCommand::Projector => "projector",
+                _ => "scans-worker",
+            };
+            telemetry::init(name, &settings);
+            let bus = roles::bus(&settings)?;
+            let pool = db::connect(&settings)
+                .await
+                .context("connecting to Postgres")?;
+            let stop = voketag_platform::shutdown_signal();
+            match worker {
+                WorkCommand::Relay => roles::relay(pool, bus).run(stop).await,
+                WorkCommand::Projector => {
+                    let redis = voketag_platform::redis::connect(&settings)
+                        .await
+                        .context("connecting to Redis")?;
+                    roles::projectors(&settings, pool, redis, bus, stop).await?;
+                }
+                _ => roles::scans(pool, bus, stop).await?,
+            }
+            Ok(())
+        }
+        Command::Replay {
+            target: ReplayCommand::Redis { verify },
+        } => {
+            telemetry::init("replay", &settings);
+            roles::replay_redis(&settings, verify).await
+        }
         Command::Work {
             worker: WorkCommand::Imports,
         } => {
@@ -168,9 +240,14 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// `voketag up`: one process with every role that exists so far.
-async fn up(settings: Settings, demo: bool) -> anyhow::Result<()> {
+/// `voketag up`: one process with every role, on the in-process bus.
+async fn up(mut settings: Settings, demo: bool) -> anyhow::Result<()> {
     telemetry::init("voketag", &settings);
+    if settings.bus == voketag_platform::settings::BusKind::Pubsub {
+        anyhow::bail!(
+            "VOKETAG_BUS=pubsub is not available yet; `voketag up` runs on the in-process bus"
+        );
+    }
     db::ensure_database(&settings.database_url)
         .await
         .context("creating the database")?;
@@ -181,27 +258,14 @@ async fn up(settings: Settings, demo: bool) -> anyhow::Result<()> {
     let redis = voketag_platform::redis::connect(&settings)
         .await
         .context("connecting to Redis")?;
-    let app = voketag_commands::api::build_with(settings.clone(), pool.clone(), redis).await?;
-    let addr = app.local_addr()?;
+    // Every role shares the pool; give it room for all of them.
+    settings.db_max_connections = settings.db_max_connections.max(20);
+    let system = roles::System::start(&settings, pool.clone(), redis).await?;
     if demo {
-        demo::seed(&settings, &pool, addr)
+        demo::seed(&settings, &pool, system.factory_addr, system.scan_addr)
             .await
             .context("seeding demo data")?;
     }
-    tracing::info!(%addr, "factory API listening");
-    let worker = voketag_workers::imports::ImportWorker::new(pool.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut stop_worker = stop_rx.clone();
-    let worker = tokio::spawn(async move {
-        worker
-            .run(async move {
-                let _ = stop_worker.changed().await;
-            })
-            .await
-    });
-    let served = app.run_until_stopped().await;
-    let _ = stop_tx.send(true);
-    worker.await??;
-    served?;
-    Ok(())
+    tracing::info!(factory = %system.factory_addr, scan = %system.scan_addr, "VokeTag is up");
+    system.run_until(voketag_platform::shutdown_signal()).await
 }

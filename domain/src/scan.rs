@@ -91,7 +91,8 @@ impl Aggregate for ScanLog {
                 if scans.is_empty() {
                     return Err(ScanLogError::Empty);
                 }
-                sink.write(ScanLogEvent::ScansRecorded { scans }, self).await;
+                sink.write(ScanLogEvent::ScansRecorded { scans }, self)
+                    .await;
             }
         }
         Ok(())

@@ -129,8 +129,12 @@ impl Bus for InProcBus {
                     queue.send(delivery).map_err(|_| BusError::Closed)?;
                     match acked.await {
                         Ok(true) => break,
-                        // Nacked or dropped: deliver again, as a broker would.
-                        Ok(false) | Err(_) => attempt += 1,
+                        // Nacked or dropped: deliver again, as a broker would, after a
+                        // pause that grows with the attempts (at most 2 s).
+                        Ok(false) | Err(_) => {
+                            tokio::time::sleep(redelivery_delay(attempt)).await;
+                            attempt += 1;
+                        }
                     }
                 }
             }
@@ -147,6 +151,11 @@ impl Bus for InProcBus {
         });
         Ok(Subscriber { rx: rx.clone() })
     }
+}
+
+/// Pause before delivering a refused message again.
+pub fn redelivery_delay(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(20u64.saturating_mul(1 << attempt.min(7)))
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@
 //! version of its aggregate, so duplicated and reordered delivery converge on the result
 //! of one sequential fold.
 
+mod event;
 pub mod pg_views;
 pub mod redis_model;
 pub mod view;
 
+pub use pg_views::{FactoryDayStats, PgViews};
+pub use redis_model::{RedisScanModel, ScanHit};
 pub use view::{Applied, BatchView, ProductView, ProjectionError, TagView};

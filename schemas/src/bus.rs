@@ -47,3 +47,35 @@ impl EventEnvelope {
         format!("{}:{}", self.aggregate_type, self.aggregate_id)
     }
 }
+
+/// Topic of scans observed by the scan API. A persistent contract: never rename.
+pub const SCANS_TOPIC: &str = "voketag.scans.v1";
+
+/// One scan as the scan API answered it, published on [`SCANS_TOPIC`] for the scans worker
+/// to record as an event. Personal data stays out (LGPD): no IP address, no precise
+/// location, no raw device signals — a coarse country and region from the load balancer
+/// and a salted hash of the device signals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanObserved {
+    /// UUID v7, unique per observation, so a redelivered observation is recorded once.
+    pub scan_id: uuid::Uuid,
+    pub tag_id: uuid::Uuid,
+    /// The tag's batch; `None` when no read model knows the tag.
+    pub batch_id: Option<uuid::Uuid>,
+    pub scanned_at: DateTime<Utc>,
+    /// `authentic`, `suspicious`, `revoked` or `unknown`.
+    pub verdict: String,
+    /// Machine-readable reasons for the verdict, e.g. `tag_revoked`.
+    pub reasons: Vec<String>,
+    /// ISO 3166-1 alpha-2 country from the load balancer, when known.
+    pub country: Option<String>,
+    /// The load balancer's subdivision code (e.g. `BRSP`), when known.
+    pub region: Option<String>,
+    /// Hex SHA-256 of the salted device signals (user agent, accept-language), when any.
+    pub device: Option<String>,
+    /// The tag's scan count including this scan as the answering read model counted it;
+    /// 0 for an unknown tag.
+    pub scan_number: u64,
+    /// Which read model answered: `cache` (Redis) or `database` (Postgres views).
+    pub source: String,
+}

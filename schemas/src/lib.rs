@@ -5,6 +5,7 @@ pub mod bus;
 pub mod error;
 pub mod factory_api;
 pub mod metadata;
+pub mod scan_api;
 
 pub use error::{ErrorBody, ErrorEnvelope};
 pub use metadata::EventMetadata;

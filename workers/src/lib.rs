@@ -3,5 +3,7 @@
 
 pub mod events;
 pub mod imports;
-// pub mod projector; (enabled once projections lands)
+pub mod projector;
 pub mod relay;
+pub mod replay;
+pub mod scans;

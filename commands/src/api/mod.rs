@@ -224,8 +224,16 @@ impl App {
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(voketag_platform::shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` resolves, finishing the requests in flight.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(voketag_platform::shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await
     }
 }

@@ -4,5 +4,8 @@
 mod api;
 mod event_store;
 mod imports;
+mod pipeline;
+mod projections;
 mod rbac;
 mod relay;
+mod scan;

@@ -1,0 +1,264 @@
+//! Wiring of the roles: which bus, which subscriptions, and every role in one process for
+//! `voketag up`.
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use voketag_platform::Settings;
+use voketag_platform::bus::{Bus, InProcBus};
+use voketag_platform::redis::RedisPool;
+use voketag_platform::settings::BusKind;
+use voketag_projections::PgViews;
+use voketag_projections::redis_model::RedisScanModel;
+use voketag_schemas::bus::{EVENTS_TOPIC, SCANS_TOPIC};
+use voketag_workers::projector::{Model, Projector};
+use voketag_workers::relay::Relay;
+use voketag_workers::scans::{self, ScanRecorder};
+
+/// The bus for a role running in its own process.
+pub fn bus(settings: &Settings) -> anyhow::Result<Arc<dyn Bus>> {
+    match settings.bus {
+        // In one process only: a relay alone would publish to nobody and move on.
+        BusKind::Inproc => anyhow::bail!(
+            "VOKETAG_BUS=inproc connects roles inside one process only: run `voketag up`, \\
+             or set VOKETAG_BUS=pubsub to run roles as separate processes"
+        ),
+        BusKind::Pubsub => anyhow::bail!("VOKETAG_BUS=pubsub is not available yet"),
+    }
+}
+
+pub fn relay(pool: PgPool, bus: Arc<dyn Bus>) -> Relay {
+    Relay::new(pool, bus)
+}
+
+/// Both projectors, each on its own subscription, until `stop` resolves.
+pub async fn projectors(
+    settings: &Settings,
+    pool: PgPool,
+    redis: RedisPool,
+    bus: Arc<dyn Bus>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let redis_model = RedisScanModel::new(redis, settings.redis_prefix.clone());
+    let views = PgViews::new(pool.clone());
+    let (tx, rx) = watch::channel(false);
+    let a = spawn_projector(redis_model, pool.clone(), bus.clone(), rx.clone());
+    let b = spawn_projector(views, pool, bus, rx);
+    stop.await;
+    let _ = tx.send(true);
+    a.await??;
+    b.await??;
+    Ok(())
+}
+
+fn spawn_projector<M: Model>(
+    model: M,
+    pool: PgPool,
+    bus: Arc<dyn Bus>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let projector = Arc::new(Projector::new(model, pool));
+    tokio::spawn(async move {
+        projector
+            .run(bus, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+    })
+}
+
+pub async fn scans(
+    pool: PgPool,
+    bus: Arc<dyn Bus>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let recorder = Arc::new(ScanRecorder::new(voketag_commands::store::EventStore::new(
+        pool,
+    )));
+    recorder.run(bus, stop).await
+}
+
+/// Every role in one process.
+pub struct System {
+    pub factory_addr: SocketAddr,
+    pub scan_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    factory: voketag_commands::App,
+    scan: voketag_read_api::App,
+}
+
+impl System {
+    pub async fn start(
+        settings: &Settings,
+        pool: PgPool,
+        redis: RedisPool,
+    ) -> anyhow::Result<System> {
+        let bus = InProcBus::new();
+        // Subscriptions exist before the relay publishes anything, or the in-process bus
+        // would have nobody to deliver the first events to.
+        for (topic, subscription) in [
+            (EVENTS_TOPIC, "projector-redis-scan"),
+            (EVENTS_TOPIC, "projector-pg-views"),
+            (SCANS_TOPIC, scans::SUBSCRIPTION),
+        ] {
+            bus.subscribe(topic, subscription).await?;
+        }
+        let bus: Arc<dyn Bus> = Arc::new(bus);
+        let factory =
+            voketag_commands::api::build_with(settings.clone(), pool.clone(), redis.clone())
+                .await?;
+        let scan = voketag_read_api::build_with(
+            settings.clone(),
+            pool.clone(),
+            redis.clone(),
+            bus.clone(),
+        )
+        .await?;
+        let (stop, rx) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.changed().await;
+        };
+        let mut tasks: Vec<(&'static str, tokio::task::JoinHandle<anyhow::Result<()>>)> =
+            Vec::new();
+        let imports = voketag_workers::imports::ImportWorker::new(pool.clone());
+        let r = rx.clone();
+        tasks.push((
+            "imports",
+            tokio::spawn(async move { imports.run(until(r)).await.map_err(Into::into) }),
+        ));
+        let relay = Relay::new(pool.clone(), bus.clone());
+        let r = rx.clone();
+        tasks.push((
+            "relay",
+            tokio::spawn(async move {
+                relay.run(until(r)).await;
+                Ok(())
+            }),
+        ));
+        tasks.push((
+            "projector-redis-scan",
+            spawn_projector(
+                RedisScanModel::new(redis.clone(), settings.redis_prefix.clone()),
+                pool.clone(),
+                bus.clone(),
+                rx.clone(),
+            ),
+        ));
+        tasks.push((
+            "projector-pg-views",
+            spawn_projector(
+                PgViews::new(pool.clone()),
+                pool.clone(),
+                bus.clone(),
+                rx.clone(),
+            ),
+        ));
+        let recorder = Arc::new(ScanRecorder::new(voketag_commands::store::EventStore::new(
+            pool.clone(),
+        )));
+        let (b, r) = (bus.clone(), rx.clone());
+        tasks.push((
+            "scans",
+            tokio::spawn(async move { recorder.run(b, until(r)).await }),
+        ));
+        Ok(System {
+            factory_addr: factory.local_addr()?,
+            scan_addr: scan.local_addr()?,
+            stop,
+            tasks,
+            factory,
+            scan,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then stops every role and waits for it.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (tx, rx) = watch::channel(false);
+        let until = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.changed().await;
+        };
+        let factory = tokio::spawn(self.factory.run_until(until(rx.clone())));
+        let scan = tokio::spawn(self.scan.run_until(until(rx)));
+        shutdown.await;
+        let _ = tx.send(true);
+        factory.await??;
+        scan.await??;
+        let _ = self.stop.send(true);
+        for (name, task) in self.tasks {
+            task.await
+                .with_context(|| format!("{name} panicked"))?
+                .with_context(|| format!("{name} failed"))?;
+        }
+        Ok(())
+    }
+}
+
+/// `voketag replay redis [--verify]`.
+pub async fn replay_redis(settings: &Settings, verify: bool) -> anyhow::Result<()> {
+    let pool = voketag_platform::db::connect(settings)
+        .await
+        .context("connecting to Postgres")?;
+    let redis = voketag_platform::redis::connect(settings)
+        .await
+        .context("connecting to Redis")?;
+    let model = RedisScanModel::new(redis, settings.redis_prefix.clone());
+    let bar = |total: u64, what: &str| {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{what} {{bar:40}} {{pos}}/{{len}} ({{per_sec}}, ETA {{eta}})"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    if verify {
+        let views = PgViews::new(pool.clone());
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM view_tags")
+            .fetch_one(&pool)
+            .await?;
+        let progress = bar(total as u64, "verifying tags");
+        let differences = voketag_workers::replay::verify_redis(&pool, &model, &views, &|n| {
+            progress.set_position(n)
+        })
+        .await?;
+        progress.finish();
+        for d in &differences {
+            println!(
+                "tag {}: redis {} | postgres {}",
+                d.tag_id,
+                serde_json::to_string(&d.redis).unwrap_or_default(),
+                serde_json::to_string(&d.postgres).unwrap_or_default()
+            );
+        }
+        if !differences.is_empty() {
+            anyhow::bail!(
+                "{} tag(s) differ between Redis and the Postgres views",
+                differences.len()
+            );
+        }
+        println!("Redis and the Postgres views agree on all {total} tags");
+        return Ok(());
+    }
+    let total = voketag_workers::replay::event_count(&pool).await?;
+    let progress = bar(total, "replaying events");
+    let report =
+        voketag_workers::replay::rebuild_redis(&pool, &model, &|n| progress.set_position(n))
+            .await?;
+    progress.finish();
+    println!(
+        "rebuilt the Redis scan model from {} events in {:.1} s; keyspace {} replaced {}",
+        report.events,
+        report.elapsed.as_secs_f64(),
+        report.keyspace,
+        report.previous_keyspace
+    );
+    Ok(())
+}
