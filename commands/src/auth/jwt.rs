@@ -80,6 +80,9 @@ struct Inner {
     /// Tokens verified recently, by SHA-256: an RS256 check costs ~150 µs of CPU and a
     /// client sends the same token with every request.
     verified: std::sync::Mutex<HashMap<[u8; 32], (Claims, Instant)>>,
+    /// How long a verified token stays trusted: [`VERIFIED_FOR`], or less when the key set
+    /// itself is cached for less, so a token never outlives the keys that verified it.
+    verified_for: Duration,
 }
 
 /// How long a verified token is trusted without checking its signature again. Short, so
@@ -157,6 +160,10 @@ impl JwtVerifier {
     }
 
     fn new(issuer: String, audience: String, source: KeySource) -> Self {
+        let verified_for = match &source {
+            KeySource::Remote(remote) => VERIFIED_FOR.min(remote.policy.ttl),
+            KeySource::Local(_) => VERIFIED_FOR,
+        };
         let mut validation = Validation::new(Algorithm::RS256);
         validation.algorithms = vec![Algorithm::RS256];
         validation.leeway = LEEWAY_SECS;
@@ -173,6 +180,7 @@ impl JwtVerifier {
                 audience,
                 source,
                 verified: Default::default(),
+                verified_for,
             }),
         }
     }
@@ -203,7 +211,7 @@ impl JwtVerifier {
             .unwrap_or(0);
         if let Ok(verified) = self.inner.verified.lock()
             && let Some((claims, at)) = verified.get(&digest)
-            && at.elapsed() < VERIFIED_FOR
+            && at.elapsed() < self.inner.verified_for
             && claims.exp > now_secs
         {
             return Ok(claims.clone());

@@ -557,3 +557,44 @@ async fn with_postgres_down_cached_tags_still_scan_and_commands_answer_503() {
     }
     up.kill();
 }
+
+#[tokio::test]
+async fn a_replay_that_cannot_read_an_event_fails_and_leaves_the_old_keyspace_serving() {
+    let up = Up::start().await;
+    let (_, _, tags) = seeded(&up, 20).await;
+    up.scan_until(tags[0], "cached", |a| a["source"] == "cache")
+        .await;
+    let redis = voketag_platform::redis::connect_url(&voketag_tests::redis_url())
+        .await
+        .expect("redis");
+    let pointer = format!("{}scan:active", up.prefix);
+    use fred::interfaces::KeysInterface;
+    let before: Option<String> = redis.get(&pointer).await.expect("pointer");
+
+    // An event no model can read (events are append-only; this is what a bad deploy or a
+    // hand-written fix could leave behind).
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Batch', $1, 1, 'BatchCreated', '1', '{\"BatchCreated\": 42}', '{}')",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .execute(&up.db.pool)
+    .await
+    .expect("insert a broken event");
+
+    let replay = up.run(&["replay", "redis"]);
+    assert!(!replay.status.success(), "the replay must fail");
+    let stderr = String::from_utf8_lossy(&replay.stderr);
+    assert!(
+        stderr.contains("position"),
+        "the error names the event: {stderr}"
+    );
+    let after: Option<String> = redis.get(&pointer).await.expect("pointer");
+    assert_eq!(before, after, "the old keyspace is still the active one");
+    let a = up.scan(tags[1]).await;
+    assert_eq!(
+        (a["verdict"].as_str(), a["source"].as_str()),
+        (Some("authentic"), Some("cache")),
+        "{a}"
+    );
+}
