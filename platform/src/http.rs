@@ -334,6 +334,30 @@ where
     }
 }
 
+/// Finishes an API's router the way every VokeTag API is served: unknown routes and
+/// methods answer in the envelope, a request that takes longer than `timeout` answers 503,
+/// and every request goes through [`observe`] as `service`.
+pub fn conventions<S>(
+    api: axum::Router<S>,
+    state: S,
+    service: &'static str,
+    timeout: std::time::Duration,
+) -> axum::Router
+where
+    S: Clone + Send + Sync + 'static,
+{
+    api.fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+            observe(service, req, next)
+        }))
+}
+
 /// Fallback for unknown routes, in the envelope.
 pub async fn route_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")

@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -11,7 +11,6 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -71,16 +70,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, _) = routes().split_for_parts();
     let timeout = Duration::from_secs(state.settings.request_timeout_secs);
-    api.fallback(vhttp::route_not_found)
-        .method_not_allowed_fallback(vhttp::method_not_allowed)
-        .with_state(state)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(axum::middleware::from_fn(|req: Request, next| {
-            vhttp::observe("scan-api", req, next)
-        }))
+    vhttp::conventions(api, state, "scan-api", timeout)
 }
 
 /// Check a tag: is the product genuine, and why.

@@ -11,14 +11,13 @@ mod products;
 pub use context::{Caller, Idempotency};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -105,17 +104,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, _) = routes().split_for_parts();
     let timeout = Duration::from_secs(state.settings.request_timeout_secs);
-    api.route("/.well-known/jwks.json", get(dev_jwks))
-        .fallback(vhttp::route_not_found)
-        .method_not_allowed_fallback(vhttp::method_not_allowed)
-        .with_state(state)
-        .layer(TimeoutLayer::with_status_code(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(axum::middleware::from_fn(|req: Request, next| {
-            vhttp::observe("factory-api", req, next)
-        }))
+    vhttp::conventions(api.route("/.well-known/jwks.json", get(dev_jwks)), state, "factory-api", timeout)
 }
 
 /// The development identity provider's JWKS, for other services' `VOKETAG_JWKS_URL`.

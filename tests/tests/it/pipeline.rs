@@ -153,6 +153,27 @@ impl Up {
         }
     }
 
+    /// Waits until the relay has published every stored event; on the in-process bus that
+    /// means every projector applied it (ADR 0005).
+    async fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let behind: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events e
+                                 WHERE NOT EXISTS (SELECT 1 FROM relay_checkpoints c
+                                                    WHERE (e.tx_id, e.global_position) <= (c.tx_id, c.position)))",
+            )
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("relay progress");
+            if !behind {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the relay did not catch up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn run(&self, args: &[&str]) -> std::process::Output {
         self.command(args).output().expect("run voketag")
     }
@@ -309,8 +330,9 @@ async fn imported_tags_become_scannable_and_survive_the_loss_of_redis() {
         assert_eq!(answer["source"], "cache", "{answer}");
         assert_eq!(answer["verdict"], "revoked", "{answer}");
     }
-    // Wait for the scans worker and the views to catch up, then Redis and Postgres agree.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the scans worker record the scans and the views catch up: then they agree.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    up.settle().await;
     let verify = up.run(&["replay", "redis", "--verify"]);
     assert!(
         verify.status.success(),
@@ -352,6 +374,7 @@ async fn a_sigkill_of_the_whole_system_loses_nothing_and_applies_nothing_twice()
         assert_eq!(a["verdict"], "authentic", "{a}");
     }
     // Nothing parked, each event applied once: Redis and the views agree tag by tag.
+    up.settle().await;
     let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_events")
         .fetch_one(&up.db.pool)
         .await
@@ -362,7 +385,8 @@ async fn a_sigkill_of_the_whole_system_loses_nothing_and_applies_nothing_twice()
         .await
         .expect("view tags");
     assert_eq!(views, tags.len() as i64);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    up.settle().await;
     let verify = up.run(&["replay", "redis", "--verify"]);
     assert!(
         verify.status.success(),
@@ -573,14 +597,35 @@ async fn a_replay_that_cannot_read_an_event_fails_and_leaves_the_old_keyspace_se
 
     // An event no model can read (events are append-only; this is what a bad deploy or a
     // hand-written fix could leave behind).
+    let broken = Uuid::new_v4().to_string();
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
          VALUES ('Batch', $1, 1, 'BatchCreated', '1', '{\"BatchCreated\": 42}', '{}')",
     )
-    .bind(Uuid::new_v4().to_string())
+    .bind(&broken)
     .execute(&up.db.pool)
     .await
     .expect("insert a broken event");
+    // Readers of the store see an event once no older transaction anywhere in the cluster
+    // is still open (ADR 0004); other tests' transactions may hold that back a moment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let settled: bool = sqlx::query_scalar(
+            "SELECT tx_id < pg_snapshot_xmin(pg_current_snapshot()) FROM events WHERE aggregate_id = $1",
+        )
+        .bind(&broken)
+        .fetch_one(&up.db.pool)
+        .await
+        .expect("horizon");
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broken event never became final"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let replay = up.run(&["replay", "redis"]);
     assert!(!replay.status.success(), "the replay must fail");
