@@ -353,9 +353,9 @@ where
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
         ))
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            observe(service, req, next)
-        }))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| observe(service, req, next),
+        ))
 }
 
 /// Fallback for unknown routes, in the envelope.

@@ -104,7 +104,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, _) = routes().split_for_parts();
     let timeout = Duration::from_secs(state.settings.request_timeout_secs);
-    vhttp::conventions(api.route("/.well-known/jwks.json", get(dev_jwks)), state, "factory-api", timeout)
+    vhttp::conventions(
+        api.route("/.well-known/jwks.json", get(dev_jwks)),
+        state,
+        "factory-api",
+        timeout,
+    )
 }
 
 /// The development identity provider's JWKS, for other services' `VOKETAG_JWKS_URL`.
