@@ -1,5 +1,7 @@
-//! Background workers. Today: the imports worker, which turns uploaded CSV files into
-//! `TagsIssued` events. The relay, projectors, scan recorder and anchor worker follow.
+//! Background workers: the imports worker (CSV files → `TagsIssued`), the relay (store →
+//! bus), the projectors (bus → read models), the scans worker (`ScanObserved` →
+//! `ScansRecorded`) and the replay that rebuilds the Redis scan model. The anchor worker
+//! follows.
 
 pub mod events;
 pub mod imports;
