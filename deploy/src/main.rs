@@ -146,7 +146,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             api: ServeCommand::Scan,
         } => {
             telemetry::init("scan-api", &settings);
-            let bus = roles::bus(&settings)?;
+            let bus = roles::bus(&settings).await?;
             let pool = db::connect(&settings)
                 .await
                 .context("connecting to Postgres")?;
@@ -167,7 +167,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 _ => "scans-worker",
             };
             telemetry::init(name, &settings);
-            let bus = roles::bus(&settings)?;
+            let bus = roles::bus(&settings).await?;
             let pool = db::connect(&settings)
                 .await
                 .context("connecting to Postgres")?;
@@ -240,14 +240,10 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// `voketag up`: one process with every role, on the in-process bus.
+/// `voketag up`: one process with every role, on the in-process bus unless
+/// `VOKETAG_BUS=pubsub`.
 async fn up(mut settings: Settings, demo: bool) -> anyhow::Result<()> {
     telemetry::init("voketag", &settings);
-    if settings.bus == voketag_platform::settings::BusKind::Pubsub {
-        anyhow::bail!(
-            "VOKETAG_BUS=pubsub is not available yet; `voketag up` runs on the in-process bus"
-        );
-    }
     db::ensure_database(&settings.database_url)
         .await
         .context("creating the database")?;

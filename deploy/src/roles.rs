@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use voketag_platform::Settings;
+use voketag_platform::bus::pubsub::{PubSubBus, PubSubConfig};
 use voketag_platform::bus::{Bus, InProcBus};
 use voketag_platform::redis::RedisPool;
 use voketag_platform::settings::BusKind;
@@ -19,14 +20,21 @@ use voketag_workers::relay::Relay;
 use voketag_workers::scans::{self, ScanRecorder};
 
 /// The bus for a role running in its own process.
-pub fn bus(settings: &Settings) -> anyhow::Result<Arc<dyn Bus>> {
+pub async fn bus(settings: &Settings) -> anyhow::Result<Arc<dyn Bus>> {
     match settings.bus {
         // In one process only: a relay alone would publish to nobody and move on.
         BusKind::Inproc => anyhow::bail!(
-            "VOKETAG_BUS=inproc connects roles inside one process only: run `voketag up`, \\
+            "VOKETAG_BUS=inproc connects roles inside one process only: run `voketag up`, \
              or set VOKETAG_BUS=pubsub to run roles as separate processes"
         ),
-        BusKind::Pubsub => anyhow::bail!("VOKETAG_BUS=pubsub is not available yet"),
+        BusKind::Pubsub => {
+            let config = PubSubConfig::from_settings(settings)?;
+            Ok(Arc::new(
+                PubSubBus::connect(config)
+                    .await
+                    .context("connecting to Pub/Sub")?,
+            ))
+        }
     }
 }
 
@@ -97,9 +105,12 @@ impl System {
         pool: PgPool,
         redis: RedisPool,
     ) -> anyhow::Result<System> {
-        let bus = InProcBus::new();
-        // Subscriptions exist before the relay publishes anything, or the in-process bus
-        // would have nobody to deliver the first events to.
+        let bus: Arc<dyn Bus> = match settings.bus {
+            BusKind::Inproc => Arc::new(InProcBus::new()),
+            BusKind::Pubsub => bus(settings).await?,
+        };
+        // Subscriptions exist before the relay publishes anything, or the bus would have
+        // nobody to deliver the first events to.
         for (topic, subscription) in [
             (EVENTS_TOPIC, "projector-redis-scan"),
             (EVENTS_TOPIC, "projector-pg-views"),
@@ -107,7 +118,6 @@ impl System {
         ] {
             bus.subscribe(topic, subscription).await?;
         }
-        let bus: Arc<dyn Bus> = Arc::new(bus);
         let factory =
             voketag_commands::api::build_with(settings.clone(), pool.clone(), redis.clone())
                 .await?;

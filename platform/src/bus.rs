@@ -6,6 +6,8 @@
 //! consumer acknowledges it; a nack redelivers it. Consumers are idempotent and
 //! version-gated, so they never lean on the broker for order or exactly-once.
 
+pub mod pubsub;
+
 use async_trait::async_trait;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -6,6 +6,7 @@ mod event_store;
 mod imports;
 mod pipeline;
 mod projections;
+mod pubsub;
 mod rbac;
 mod relay;
 mod scan;
