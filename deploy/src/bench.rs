@@ -10,15 +10,30 @@
 //!   imports worker, against `COPY ... FROM STDIN` of the same bytes into a bare table.
 //! * `voketag bench commands --clients C --seconds D`: C concurrent HTTP clients registering
 //!   products, against C concurrent connections doing one-row INSERT transactions.
+//! * `voketag bench scan --concurrency C --seconds D`: the scan API on a Redis hit, against an
+//!   axum server doing one Redis GET per request; then its latency at half its peak rate.
+//! * `voketag bench fallback`: the scan API with Redis down (Postgres views), against an axum
+//!   server doing one primary-key SELECT per request.
+//! * `voketag bench replay --tags N`: the Redis scan model rebuilt from the event store,
+//!   against N keys written with plain Redis pipelines; Redis bytes per tag.
+//! * `voketag bench lag --events N`: commit → visible in Redis through relay and projector.
+//!
+//! The read-side benchmarks also delete their Redis keys (a prefix of their own) at the end,
+//! and `replay`/`fallback` run a private `redis-server` on a free port, stopped at the end.
 
 use anyhow::{Context, anyhow, bail, ensure};
+use axum::extract::Path;
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use clap::Subcommand;
+use fred::interfaces::{ClientLike, KeysInterface, ServerInterface};
+use fred::types::Value as RedisValue;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,11 +43,20 @@ use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 use voketag_commands::auth::DevIdp;
 use voketag_commands::store::EventStore;
+use voketag_domain::batch::{Batch, BatchCommand, BatchEvent, IssuedTag, NewBatch};
 use voketag_domain::factory::{Factory, FactoryCommand};
+use voketag_domain::product::{NewProduct, Product, ProductCommand, ProductEvent};
+use voketag_domain::{Gtin, Market};
 use voketag_domain::{MAX_TAGS_PER_EVENT, Role};
+use voketag_platform::bus::{Bus, InProcBus};
+use voketag_platform::redis::RedisPool;
 use voketag_platform::{Settings, db, redis, telemetry};
+use voketag_projections::{Applied, PgViews, RedisScanModel};
 use voketag_schemas::EventMetadata;
+use voketag_schemas::bus::{EVENTS_TOPIC, EventEnvelope, SCANS_TOPIC};
 use voketag_workers::imports::ImportWorker;
+use voketag_workers::projector::Projector;
+use voketag_workers::relay::Relay;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -53,6 +77,60 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
     },
+    /// Scans/s on a cache hit (GET /v1/scan/{id} served from Redis) against an axum server
+    /// doing one Redis GET per request; then our latency at half our peak rate.
+    Scan {
+        #[command(flatten)]
+        load: ReadLoad,
+    },
+    /// Scans/s with Redis down (answered from the Postgres views) against an axum server doing
+    /// one primary-key SELECT per request.
+    Fallback {
+        #[command(flatten)]
+        load: ReadLoad,
+    },
+    /// Rebuilding the Redis scan model from N issued tags (`voketag replay redis`) against
+    /// writing N keys with plain Redis pipelines; Redis bytes per tag.
+    Replay {
+        #[arg(long, default_value_t = 1_000_000)]
+        tags: u64,
+    },
+    /// Event commit → visible in Redis, through the relay and the Redis projector.
+    Lag {
+        /// Commands (tag revocations) committed one by one, each waited for in Redis.
+        #[arg(long, default_value_t = 2000)]
+        events: u64,
+    },
+}
+
+/// The load of the scan benchmarks.
+#[derive(clap::Args, Clone, Copy)]
+pub struct ReadLoad {
+    /// Measured seconds of each side, after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent keep-alive HTTP/1.1 clients (closed loop).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Tags in the read models (and rows/keys of the baseline); each request picks one at random.
+    #[arg(long, default_value_t = 10_000)]
+    tags: u64,
+    /// Seconds of warm-up before each side's measurement, not counted.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+}
+
+impl ReadLoad {
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(self.concurrency >= 1, "--concurrency must be at least 1");
+        ensure!(self.seconds >= 1, "--seconds must be at least 1");
+        ensure!(self.tags >= 1, "--tags must be at least 1");
+        ensure!(
+            self.warmup.is_finite() && self.warmup >= 0.0,
+            "--warmup must be a non-negative number of seconds"
+        );
+        Ok(())
+    }
 }
 
 pub async fn run(settings: Settings, bench: BenchCommand) -> anyhow::Result<()> {
@@ -71,6 +149,9 @@ pub async fn run(settings: Settings, bench: BenchCommand) -> anyhow::Result<()> 
                 "--warmup must be a non-negative number of seconds"
             );
         }
+        BenchCommand::Scan { load } | BenchCommand::Fallback { load } => load.check()?,
+        BenchCommand::Replay { tags } => ensure!(*tags >= 1, "--tags must be at least 1"),
+        BenchCommand::Lag { events } => ensure!(*events >= 1, "--events must be at least 1"),
     }
     let name = format!("voketag_bench_{}", Uuid::new_v4().simple());
     let db_url = settings.database_url_for(&name);
@@ -98,10 +179,20 @@ pub async fn run(settings: Settings, bench: BenchCommand) -> anyhow::Result<()> 
         ..settings
     };
 
+    let (redis_url, redis_prefix) = (
+        bench_settings.redis_url.clone(),
+        bench_settings.redis_prefix.clone(),
+    );
     let outcome = tokio::select! {
         r = run_bench(bench_settings, &name, bench) => r,
         () = voketag_platform::shutdown_signal() => Err(anyhow!("interrupted")),
     };
+    // Best effort, like the database: the bench's keys go too.
+    if let Err(e) = delete_prefix_at(&redis_url, &redis_prefix).await {
+        eprintln!(
+            "voketag bench: deleting the Redis keys {redis_prefix}*: {e:#}; delete them by hand"
+        );
+    }
     let dropped = drop_database(&admin_url, &name).await;
     match (outcome, dropped) {
         (Ok(()), Ok(())) => Ok(()),
@@ -137,6 +228,10 @@ async fn run_bench(settings: Settings, name: &str, bench: BenchCommand) -> anyho
             )
             .await
         }
+        BenchCommand::Scan { load } => scan(settings, load).await,
+        BenchCommand::Fallback { load } => fallback(settings, load).await,
+        BenchCommand::Replay { tags } => replay(settings, tags).await,
+        BenchCommand::Lag { events } => lag(settings, events).await,
     }
 }
 
@@ -802,6 +897,1593 @@ fn report_side(label: &str, tally: &mut Tally, measured: Duration, what: &str) {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Read side: shared helpers
+
+/// Width of the label column of the read-side reports.
+const READ_LABELS: usize = 40;
+
+/// A product, a batch and its tags, as hand-made events or as commands.
+struct Catalog {
+    factory: Uuid,
+    product: Uuid,
+    batch: Uuid,
+    tags: Vec<Uuid>,
+}
+
+impl Catalog {
+    fn new(tags: u64) -> Catalog {
+        Catalog {
+            factory: Uuid::now_v7(),
+            product: Uuid::now_v7(),
+            batch: Uuid::now_v7(),
+            tags: (0..tags).map(|_| Uuid::new_v4()).collect(),
+        }
+    }
+
+    fn serial(i: usize) -> String {
+        format!("SN-{:07}", i + 1)
+    }
+
+    fn markets() -> anyhow::Result<Vec<Market>> {
+        Ok(vec![Market::parse("BR")?, Market::parse("US")?])
+    }
+
+    fn production_date() -> anyhow::Result<chrono::NaiveDate> {
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 1).context("a literal date")
+    }
+
+    fn issued(&self, from: usize, tags: &[Uuid]) -> Vec<IssuedTag> {
+        tags.iter()
+            .enumerate()
+            .map(|(i, t)| IssuedTag {
+                tag_id: *t,
+                serial: Some(Catalog::serial(from + i)),
+            })
+            .collect()
+    }
+
+    /// ProductRegistered; BatchCreated, BatchActivated, then TagsIssued of at most
+    /// [`MAX_TAGS_PER_EVENT`] tags: what the relay would deliver to the read models.
+    fn envelopes(&self) -> anyhow::Result<Vec<EventEnvelope>> {
+        let event = |aggregate: &str, id: Uuid, sequence: i64, payload: Value| {
+            let event_type = match &payload {
+                Value::String(s) => s.clone(),
+                Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
+                _ => String::new(),
+            };
+            EventEnvelope {
+                position: 0,
+                aggregate_type: aggregate.into(),
+                aggregate_id: id.to_string(),
+                sequence,
+                event_type,
+                event_version: "1".into(),
+                payload,
+                metadata: HashMap::new(),
+                recorded_at: chrono::Utc::now(),
+            }
+        };
+        let mut out = vec![
+            event(
+                "Product",
+                self.product,
+                1,
+                serde_json::to_value(ProductEvent::ProductRegistered {
+                    factory_id: self.factory,
+                    gtin: Gtin::parse(&gtin(7))?,
+                    name: "Vitamin C Serum 30 ml".into(),
+                    brand: "Acme Labs".into(),
+                    description: "Seeded by the scan benchmark.".into(),
+                    intended_markets: Catalog::markets()?,
+                })?,
+            ),
+            event(
+                "Batch",
+                self.batch,
+                1,
+                serde_json::to_value(BatchEvent::BatchCreated {
+                    factory_id: self.factory,
+                    product_id: self.product,
+                    lot: "BENCH-001".into(),
+                    production_date: Catalog::production_date()?,
+                    sell_by: None,
+                    intended_markets: Catalog::markets()?,
+                })?,
+            ),
+            event(
+                "Batch",
+                self.batch,
+                2,
+                serde_json::to_value(BatchEvent::BatchActivated)?,
+            ),
+        ];
+        for (n, chunk) in self.tags.chunks(MAX_TAGS_PER_EVENT).enumerate() {
+            out.push(event(
+                "Batch",
+                self.batch,
+                3 + n as i64,
+                serde_json::to_value(BatchEvent::TagsIssued {
+                    import_id: None,
+                    tags: self.issued(n * MAX_TAGS_PER_EVENT, chunk),
+                })?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The raw baselines' value of tag `i`: a JSON document shaped (and sized) like the
+    /// scan API's answer.
+    fn raw_json(&self, i: usize) -> String {
+        json!({
+            "tag_id": self.tags[i],
+            "verdict": "authentic",
+            "reasons": [],
+            "serial": Catalog::serial(i),
+            "product": {"product_id": self.product, "gtin": gtin(7), "name": "Vitamin C Serum 30 ml", "brand": "Acme Labs"},
+            "batch": {"batch_id": self.batch, "lot": "BENCH-001", "status": "active", "production_date": "2026-11-01",
+                      "sell_by": null, "intended_markets": ["BR", "US"], "recall_reason": null},
+            "first_scan_at": "2026-11-25T12:00:00Z",
+            "scan_count": 1,
+            "first_scan": false,
+            "source": "raw",
+            "checked_at": "2026-11-25T12:00:00.123456789Z"
+        })
+        .to_string()
+    }
+
+    /// The same product, batch and tags through the event store, as commands (the relay and
+    /// the replay read them from there). Tags are issued `per_commit` at a time, in
+    /// TagsIssued events of at most [`MAX_TAGS_PER_EVENT`]. Returns the events written.
+    async fn store(&self, pool: &PgPool, per_commit: usize) -> anyhow::Result<u64> {
+        let store = EventStore::new(pool.clone());
+        let meta = EventMetadata {
+            actor: "system:bench".into(),
+            factory_id: self.factory.to_string(),
+            ..EventMetadata::default()
+        };
+        store
+            .execute::<Factory>(
+                &self.factory.to_string(),
+                FactoryCommand::RegisterFactory {
+                    name: "Bench Factory".into(),
+                },
+                &meta,
+                None,
+            )
+            .await
+            .context("registering the bench factory")?;
+        store
+            .execute::<Product>(
+                &self.product.to_string(),
+                ProductCommand::RegisterProduct(NewProduct {
+                    factory_id: self.factory,
+                    gtin: Gtin::parse(&gtin(7))?,
+                    name: "Vitamin C Serum 30 ml".into(),
+                    brand: "Acme Labs".into(),
+                    description: "Seeded by the benchmark.".into(),
+                    intended_markets: Catalog::markets()?,
+                }),
+                &meta,
+                None,
+            )
+            .await
+            .context("registering the bench product")?;
+        let batch = self.batch.to_string();
+        let mut unit = store.begin::<Batch>(&batch, &meta).await?;
+        unit.handle(BatchCommand::CreateBatch(NewBatch {
+            factory_id: self.factory,
+            product_id: self.product,
+            product_markets: Catalog::markets()?,
+            lot: "BENCH-001".into(),
+            production_date: Catalog::production_date()?,
+            sell_by: None,
+            intended_markets: vec![],
+        }))
+        .await
+        .context("creating the bench batch")?;
+        unit.handle(BatchCommand::ActivateBatch)
+            .await
+            .context("activating the bench batch")?;
+        unit.commit().await.context("committing the bench batch")?;
+        let mut events = 4;
+        for (n, chunk) in self.tags.chunks(per_commit.max(1)).enumerate() {
+            let mut unit = store.begin::<Batch>(&batch, &meta).await?;
+            let written = unit
+                .handle(BatchCommand::IssueTags {
+                    import_id: None,
+                    tags: self.issued(n * per_commit, chunk),
+                })
+                .await
+                .context("issuing tags")?;
+            events += written.len() as u64;
+            unit.commit().await.context("committing issued tags")?;
+        }
+        Ok(events)
+    }
+}
+
+/// Applies every envelope to the models given, each in order.
+async fn apply_all(
+    envelopes: &[EventEnvelope],
+    redis: Option<&RedisScanModel>,
+    views: Option<&PgViews>,
+) -> anyhow::Result<()> {
+    for e in envelopes {
+        let what = || {
+            format!(
+                "applying {} {} v{}",
+                e.aggregate_type, e.event_type, e.sequence
+            )
+        };
+        if let Some(m) = redis {
+            let applied = m.apply(e).await.with_context(|| what() + " to Redis")?;
+            ensure!(
+                applied == Applied::Applied,
+                "{}: Redis answered {applied:?}",
+                what()
+            );
+        }
+        if let Some(v) = views {
+            let applied = v.apply(e).await.with_context(|| what() + " to the views")?;
+            ensure!(
+                applied == Applied::Applied,
+                "{}: the views answered {applied:?}",
+                what()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct Aborting<T>(JoinHandle<T>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A `redis-server` of our own on a free port, killed when dropped.
+struct PrivateRedis {
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> anyhow::Result<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port")?
+            .port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a private redis-server (is it installed?)")?;
+        let mut redis = PrivateRedis {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Some(status) = redis
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("the private redis-server on port {port} exited: {status}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the private redis-server on port {port} does not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would) and waits until it is gone.
+    async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child
+                .kill()
+                .await
+                .context("killing the private redis-server")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Escapes the glob characters of a `SCAN MATCH` pattern.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Deletes every key that starts with `prefix`; returns how many.
+async fn delete_prefix(redis: &RedisPool, prefix: &str) -> anyhow::Result<u64> {
+    let pattern = format!("{}*", glob_escape(prefix));
+    let mut cursor = "0".to_string();
+    let mut removed = 0u64;
+    loop {
+        let page: RedisValue = redis
+            .scan_page(cursor.clone(), pattern.clone(), Some(1000), None)
+            .await
+            .context("SCAN")?;
+        let mut parts = page.into_array().into_iter();
+        let next = parts
+            .next()
+            .and_then(|c| c.as_string())
+            .context("a SCAN reply without a cursor")?;
+        let keys: Vec<String> = parts
+            .next()
+            .map(|k| k.into_array())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|k| !k.is_null())
+            .filter_map(|k| k.as_string())
+            .collect();
+        if !keys.is_empty() {
+            let n: i64 = redis.unlink(keys).await.context("UNLINK")?;
+            removed += u64::try_from(n).unwrap_or(0);
+        }
+        if next == "0" {
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+async fn delete_prefix_at(url: &str, prefix: &str) -> anyhow::Result<u64> {
+    let redis = tokio::time::timeout(Duration::from_secs(5), redis::connect_url(url))
+        .await
+        .context("connecting timed out")??;
+    let removed = delete_prefix(&redis, prefix).await;
+    let _ = redis.quit().await;
+    removed
+}
+
+/// `used_memory` of `INFO memory`.
+async fn used_memory(redis: &RedisPool) -> anyhow::Result<u64> {
+    // Keys deleted with UNLINK are freed in the background: wait until they are.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info: String = redis
+            .info(Some(fred::types::InfoKind::Memory))
+            .await
+            .context("INFO memory")?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if field("lazyfree_pending_objects:").unwrap_or(0) == 0 || Instant::now() > deadline {
+            return field("used_memory:").context("no used_memory in INFO memory");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Where a timed part's time went: this process's CPU, the Redis server's CPU and the time
+/// Redis spent executing commands (`INFO commandstats`, scripts included).
+struct Spent {
+    own_cpu: Option<f64>,
+    redis_cpu: Option<f64>,
+    redis_commands: Option<f64>,
+}
+
+impl Spent {
+    async fn now(redis: &RedisPool) -> Spent {
+        let commands = redis
+            .info::<String>(Some(fred::types::InfoKind::CommandStats))
+            .await
+            .ok()
+            .map(|info| {
+                info.lines()
+                    .filter_map(|l| {
+                        l.split("usec=")
+                            .nth(1)?
+                            .split(',')
+                            .next()?
+                            .parse::<f64>()
+                            .ok()
+                    })
+                    .sum::<f64>()
+                    / 1e6
+            });
+        Spent {
+            own_cpu: own_cpu_seconds(),
+            redis_cpu: Backend::Redis(redis.clone()).cpu_seconds().await,
+            redis_commands: commands,
+        }
+    }
+
+    /// "this process x s CPU, Redis y s CPU (z s in commands)" since `before`.
+    fn since(&self, before: &Spent) -> String {
+        let d = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2} s", a - b),
+            _ => "?".into(),
+        };
+        format!(
+            "this process {} CPU, Redis {} CPU ({} executing commands)",
+            d(self.own_cpu, before.own_cpu),
+            d(self.redis_cpu, before.redis_cpu),
+            d(self.redis_commands, before.redis_commands)
+        )
+    }
+}
+
+/// SETs `key_of(i)` to `value_of(i)` for every `i < n` in pipelines of `batch` commands.
+async fn pipeline_set(
+    redis: &RedisPool,
+    n: usize,
+    batch: usize,
+    key_of: impl Fn(usize) -> String,
+    value_of: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let mut i = 0;
+    while i < n {
+        let end = (i + batch).min(n);
+        let pipeline = redis.next().pipeline();
+        for j in i..end {
+            let () = pipeline
+                .set(key_of(j), value_of(j), None, None, false)
+                .await
+                .context("queueing SET")?;
+        }
+        let _: Vec<RedisValue> = pipeline.all().await.context("a SET pipeline")?;
+        i = end;
+    }
+    Ok(())
+}
+
+/// A small, fast generator for picking tags (splitmix64).
+struct Pick(u64);
+
+impl Pick {
+    fn new() -> Pick {
+        Pick(Uuid::new_v4().as_u64_pair().0)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((u128::from(z) * n as u128) >> 64) as usize
+    }
+}
+
+/// What a load generator hits: `{prefix}{tag id}`, and what a good answer contains.
+#[derive(Clone)]
+struct Target {
+    prefix: Arc<str>,
+    marker: &'static str,
+    tags: Arc<Vec<Uuid>>,
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("building an HTTP client")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// One GET; `Err((kind, text))` unless it answered 200 with the marker in the body.
+async fn fetch(http: &reqwest::Client, url: &str, marker: &str) -> Result<Bytes, (String, String)> {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| ("request failed".to_string(), e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| ("reading the answer failed".to_string(), e.to_string()))?;
+    if status != StatusCode::OK {
+        return Err((
+            format!("HTTP {status}"),
+            shorten(&String::from_utf8_lossy(&body)),
+        ));
+    }
+    if !contains(&body, marker.as_bytes()) {
+        return Err((
+            format!("answer without {marker}"),
+            shorten(&String::from_utf8_lossy(&body)),
+        ));
+    }
+    Ok(body)
+}
+
+/// A closed loop: `clients` keep-alive connections, each sending its next request as soon as
+/// the previous one is answered, to random tags.
+async fn closed_loop(
+    target: &Target,
+    clients: usize,
+    warmup: Duration,
+    measured: Duration,
+) -> anyhow::Result<Tally> {
+    let window = Window::starting_in(warmup, measured);
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let http = http_client()?;
+        let target = target.clone();
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let mut pick = Pick::new();
+            let mut url = String::with_capacity(target.prefix.len() + 36);
+            loop {
+                let tag = target.tags[pick.below(target.tags.len())];
+                url.clear();
+                let _ = write!(url, "{}{tag}", target.prefix);
+                let started = Instant::now();
+                if started >= window.until {
+                    break;
+                }
+                let result = fetch(&http, &url, target.marker).await;
+                let finished = Instant::now();
+                match result {
+                    Ok(_) if started >= window.from && finished <= window.until => {
+                        tally.latencies.push(finished - started)
+                    }
+                    Ok(_) => {}
+                    Err((kind, text)) => tally.error(kind, text),
+                }
+            }
+            Ok(tally)
+        });
+    }
+    join_all(tasks).await
+}
+
+/// Where a side's answers come from, for CPU accounting.
+#[derive(Clone)]
+enum Backend {
+    /// `INFO cpu` of this Redis (every client of that server counts).
+    Redis(RedisPool),
+    /// Every process named `postgres` on this machine (every database counts).
+    Postgres,
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Redis(_) => "Redis",
+            Backend::Postgres => "Postgres",
+        }
+    }
+
+    /// CPU seconds used so far.
+    async fn cpu_seconds(&self) -> Option<f64> {
+        match self {
+            Backend::Redis(redis) => {
+                let info: String = redis.info(Some(fred::types::InfoKind::Cpu)).await.ok()?;
+                let field = |name: &str| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                };
+                Some(field("used_cpu_sys:")? + field("used_cpu_user:")?)
+            }
+            Backend::Postgres => {
+                let mut total = 0.0;
+                for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+                    let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                        continue;
+                    };
+                    if stat.contains("(postgres)") {
+                        total += stat_cpu_seconds(&stat).unwrap_or(0.0);
+                    }
+                }
+                Some(total)
+            }
+        }
+    }
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line, in seconds (USER_HZ = 100 on Linux).
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn own_cpu_seconds() -> Option<f64> {
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// One side of a comparison, summed over its rounds.
+#[derive(Default)]
+struct Side {
+    tally: Tally,
+    /// Requests/s of each round.
+    rounds: Vec<f64>,
+    own_cpu: f64,
+    backend_cpu: f64,
+    /// Some round could not read the backend's CPU.
+    backend_unknown: bool,
+}
+
+impl Side {
+    fn report(&mut self, label: &str, measured: Duration, backend: &Backend) {
+        report_read(label, &mut self.tally, measured);
+        let n = self.tally.latencies.len().max(1) as f64;
+        let backend = if self.backend_unknown {
+            String::new()
+        } else {
+            format!(
+                ", {:.1} µs in {}",
+                self.backend_cpu * 1e6 / n,
+                backend.name()
+            )
+        };
+        line(
+            READ_LABELS,
+            "",
+            format_args!(
+                "CPU per answer: {:.0} µs in this process (server + load generator){backend}",
+                self.own_cpu * 1e6 / n
+            ),
+        );
+    }
+}
+
+/// One closed-loop segment of `target`, with the CPU spent during its measured window.
+async fn segment(
+    side: &mut Side,
+    target: &Target,
+    backend: &Backend,
+    clients: usize,
+    warmup: Duration,
+    measured: Duration,
+) -> anyhow::Result<()> {
+    let from = tokio::time::Instant::now() + warmup;
+    let sampler = {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from).await;
+            let before = (own_cpu_seconds(), backend.cpu_seconds().await);
+            tokio::time::sleep_until(from + measured).await;
+            let after = (own_cpu_seconds(), backend.cpu_seconds().await);
+            (before, after)
+        })
+    };
+    let tally = closed_loop(target, clients, warmup, measured).await?;
+    let ((own0, back0), (own1, back1)) = sampler.await.context("the CPU sampler panicked")?;
+    side.rounds
+        .push(tally.latencies.len() as f64 / measured.as_secs_f64());
+    side.own_cpu += own1.zip(own0).map_or(0.0, |(b, a)| b - a);
+    match back1.zip(back0) {
+        Some((b, a)) => side.backend_cpu += b - a,
+        None => side.backend_unknown = true,
+    }
+    side.tally.merge(tally);
+    Ok(())
+}
+
+/// The raw side and ours in alternating rounds (raw ours, ours raw, …) of about 2 s each,
+/// so that whatever else the machine does weighs on both alike. Returns (raw, ours) and the
+/// time each was measured.
+async fn compare(
+    raw: (&Target, &Backend),
+    ours: (&Target, &Backend),
+    load: &ReadLoad,
+) -> anyhow::Result<(Side, Side, Duration)> {
+    let rounds = (load.seconds / 2).max(1) as u32;
+    let each = Duration::from_secs(load.seconds) / rounds;
+    let first_warmup = Duration::from_secs_f64(load.warmup);
+    let later_warmup = first_warmup.min(Duration::from_millis(250));
+    let (mut a, mut b) = (Side::default(), Side::default());
+    for r in 0..rounds {
+        let warmup = if r == 0 { first_warmup } else { later_warmup };
+        if r % 2 == 0 {
+            segment(&mut a, raw.0, raw.1, load.concurrency, warmup, each).await?;
+            segment(&mut b, ours.0, ours.1, load.concurrency, warmup, each).await?;
+        } else {
+            segment(&mut b, ours.0, ours.1, load.concurrency, later_warmup, each).await?;
+            segment(&mut a, raw.0, raw.1, load.concurrency, later_warmup, each).await?;
+        }
+    }
+    Ok((a, b, each * rounds))
+}
+
+/// The ratio of ours to the raw side's requests/s, with the range of the rounds' ratios.
+fn report_ratio(raw: &Side, ours: &Side, measured: Duration, goal: &str) {
+    let ratio = ours.tally.rate(measured) / raw.tally.rate(measured).max(1e-9);
+    let per_round: Vec<f64> = raw
+        .rounds
+        .iter()
+        .zip(&ours.rounds)
+        .map(|(r, o)| o / r.max(1e-9) * 100.0)
+        .collect();
+    let low = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = per_round.iter().copied().fold(0.0, f64::max);
+    line(
+        READ_LABELS,
+        "ratio",
+        format_args!(
+            "{:>7.0} % of the raw requests/s (rounds {low:.0}–{high:.0} %; {goal})",
+            ratio * 100.0
+        ),
+    );
+}
+
+/// An open loop: `rate` requests/s in total, issued at fixed intervals by `clients` clients
+/// (staggered), whatever the answers' latency. Returns the latencies measured from sending
+/// and from the scheduled instant (which also counts a late send: no coordinated omission).
+async fn paced(
+    target: &Target,
+    clients: usize,
+    rate: f64,
+    warmup: Duration,
+    measured: Duration,
+) -> anyhow::Result<(Tally, Tally)> {
+    let period = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
+    let window = Window::starting_in(warmup, measured);
+    let start = tokio::time::Instant::now();
+    let mut tasks: JoinSet<anyhow::Result<(Tally, Tally)>> = JoinSet::new();
+    for i in 0..clients {
+        let http = http_client()?;
+        let target = target.clone();
+        let first = start + period.mul_f64(i as f64 / clients as f64);
+        tasks.spawn(async move {
+            let mut from_send = Tally::default();
+            let mut from_schedule = Tally::default();
+            let mut pick = Pick::new();
+            let mut ticks = tokio::time::interval_at(first, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut url = String::with_capacity(target.prefix.len() + 36);
+            loop {
+                let scheduled = ticks.tick().await.into_std();
+                if scheduled >= window.until {
+                    break;
+                }
+                let tag = target.tags[pick.below(target.tags.len())];
+                url.clear();
+                let _ = write!(url, "{}{tag}", target.prefix);
+                let started = Instant::now();
+                let result = fetch(&http, &url, target.marker).await;
+                let finished = Instant::now();
+                match result {
+                    Ok(_) if scheduled >= window.from => {
+                        from_send.latencies.push(finished - started);
+                        from_schedule
+                            .latencies
+                            .push(finished.saturating_duration_since(scheduled));
+                    }
+                    Ok(_) => {}
+                    Err((kind, text)) => from_send.error(kind, text),
+                }
+            }
+            Ok((from_send, from_schedule))
+        });
+    }
+    let mut send = Tally::default();
+    let mut schedule = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        let (a, b) = done.context("a benchmark client panicked")??;
+        send.merge(a);
+        schedule.merge(b);
+    }
+    Ok((send, schedule))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The scan API on 127.0.0.1:0 with an in-process bus whose scan observations a task
+/// acknowledges (so publishing never blocks) and counts.
+struct ScanApi {
+    base: String,
+    observed: Arc<AtomicU64>,
+    _server: AbortOnDrop,
+    _acker: AbortOnDrop,
+}
+
+impl ScanApi {
+    async fn start(settings: &Settings, pool: PgPool, redis: RedisPool) -> anyhow::Result<ScanApi> {
+        let bus = InProcBus::new();
+        let subscriber = bus
+            .subscribe(SCANS_TOPIC, "scans-recorder")
+            .await
+            .context("subscribing to the scans topic")?;
+        let observed = Arc::new(AtomicU64::new(0));
+        let counted = observed.clone();
+        let acker = AbortOnDrop(tokio::spawn(async move {
+            while let Some(delivery) = subscriber.next().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                delivery.ack();
+            }
+            Ok(())
+        }));
+        let settings = Settings {
+            scan_addr: "127.0.0.1:0".parse().context("a literal address")?,
+            ..settings.clone()
+        };
+        let bus: Arc<dyn Bus> = Arc::new(bus);
+        let app = voketag_read_api::build_with(settings, pool, redis, bus)
+            .await
+            .context("starting the scan API")?;
+        let addr = app.local_addr().context("the scan API's address")?;
+        Ok(ScanApi {
+            base: format!("http://{addr}"),
+            observed,
+            _server: AbortOnDrop(tokio::spawn(app.run_until_stopped())),
+            _acker: acker,
+        })
+    }
+
+    fn target(&self, marker: &'static str, tags: &Arc<Vec<Uuid>>) -> Target {
+        Target {
+            prefix: format!("{}/v1/scan/", self.base).into(),
+            marker,
+            tags: tags.clone(),
+        }
+    }
+}
+
+/// A minimal axum server answering `GET /raw/{id}` with what `lookup` finds.
+async fn raw_server<S, F>(
+    state: S,
+    lookup: fn(S, Uuid) -> F,
+) -> anyhow::Result<(String, AbortOnDrop)>
+where
+    S: Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Option<Bytes>, String>> + Send + 'static,
+{
+    let handler = move |Path(id): Path<Uuid>| {
+        let state = state.clone();
+        async move {
+            match lookup(state, id).await {
+                Ok(Some(body)) => (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response(),
+                Ok(None) => axum::http::StatusCode::NOT_FOUND.into_response(),
+                Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+            }
+        }
+    };
+    let app = axum::Router::new().route("/raw/{id}", axum::routing::get(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the baseline server")?;
+    let addr = listener.local_addr().context("the baseline's address")?;
+    let server = AbortOnDrop(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ));
+    Ok((format!("http://{addr}/raw/"), server))
+}
+
+/// Connects to the bench database and migrates it.
+async fn bench_pool(settings: &Settings) -> anyhow::Result<PgPool> {
+    let pool = db::connect_url(&settings.database_url, settings.db_max_connections)
+        .await
+        .context("connecting to the bench database")?;
+    db::migrate(&pool)
+        .await
+        .context("migrating the bench database")?;
+    Ok(pool)
+}
+
+fn read_header(what: &str, settings: &Settings, load: &ReadLoad) {
+    println!(
+        "{what}: {} tags, {} clients (keep-alive HTTP/1.1, closed loop), {} s each side in {} alternating rounds after a {:.1} s warm-up; log filter {:?}",
+        load.tags,
+        load.concurrency,
+        load.seconds,
+        (load.seconds / 2).max(1),
+        load.warmup,
+        settings.log_filter
+    );
+}
+
+fn report_paced(
+    label: &str,
+    rate: f64,
+    measured: Duration,
+    send: &mut Tally,
+    schedule: &mut Tally,
+) {
+    line(
+        READ_LABELS,
+        label,
+        format_args!(
+            "{:>7.0} /s   p50 {:>6.2} ms   p99 {:>6.2} ms   (p99 from the scheduled send {:.2} ms; {rate:.0} /s offered, {} errors)",
+            send.rate(measured),
+            ms(send.percentile(50.0)),
+            ms(send.percentile(99.0)),
+            ms(schedule.percentile(99.0)),
+            send.error_count()
+        ),
+    );
+    for (kind, (n, first)) in &send.errors {
+        println!("    {kind} ×{n}, first: {first}");
+    }
+}
+
+fn report_read(label: &str, tally: &mut Tally, measured: Duration) {
+    line(
+        READ_LABELS,
+        label,
+        format_args!(
+            "{:>7.0} /s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} answers, {} errors)",
+            tally.rate(measured),
+            ms(tally.percentile(50.0)),
+            ms(tally.percentile(99.0)),
+            tally.latencies.len(),
+            tally.error_count()
+        ),
+    );
+    for (kind, (n, first)) in &tally.errors {
+        println!("    {kind} ×{n}, first: {first}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// bench scan
+
+async fn scan(settings: Settings, load: ReadLoad) -> anyhow::Result<()> {
+    let pool = bench_pool(&settings).await?;
+    let result = scan_with(&settings, &pool, load).await;
+    pool.close().await;
+    result
+}
+
+async fn scan_with(settings: &Settings, pool: &PgPool, load: ReadLoad) -> anyhow::Result<()> {
+    let warmup = Duration::from_secs_f64(load.warmup);
+    let redis = redis::connect(settings)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+    read_header("scan benchmark (Redis hit)", settings, &load);
+
+    let catalog = Catalog::new(load.tags);
+    let model = RedisScanModel::new(redis.clone(), settings.redis_prefix.clone());
+    apply_all(
+        &catalog.envelopes()?,
+        Some(&model),
+        Some(&PgViews::new(pool.clone())),
+    )
+    .await?;
+    let raw_prefix = format!("{}raw:", settings.redis_prefix);
+    pipeline_set(
+        &redis,
+        catalog.tags.len(),
+        MAX_TAGS_PER_EVENT,
+        |i| format!("{raw_prefix}{}", catalog.tags[i]),
+        |i| catalog.raw_json(i),
+    )
+    .await?;
+    let tags = Arc::new(catalog.tags.clone());
+    let http = http_client()?;
+
+    // Baseline: one Redis GET per request, on a pool of its own with the same settings.
+    let raw_redis = redis::connect(settings)
+        .await
+        .context("connecting the baseline to Redis")?;
+    let (raw_base, _raw_server) = raw_server(
+        (raw_redis.clone(), Arc::<str>::from(raw_prefix.as_str())),
+        |(redis, prefix): (RedisPool, Arc<str>), id: Uuid| async move {
+            redis
+                .get::<Option<Bytes>, _>(format!("{prefix}{id}"))
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await?;
+    let raw_target = Target {
+        prefix: raw_base.into(),
+        marker: "\"tag_id\"",
+        tags: tags.clone(),
+    };
+    let raw_body = fetch(
+        &http,
+        &format!("{}{}", raw_target.prefix, tags[0]),
+        raw_target.marker,
+    )
+    .await
+    .map_err(|(k, t)| anyhow!("the baseline's first answer: {k}: {t}"))?;
+
+    // Ours: the scan API on the Redis scan model.
+    let api = ScanApi::start(settings, pool.clone(), redis.clone()).await?;
+    let target = api.target("\"source\":\"cache\"", &tags);
+    let body = fetch(
+        &http,
+        &format!("{}{}", target.prefix, tags[0]),
+        target.marker,
+    )
+    .await
+    .map_err(|(k, t)| anyhow!("the scan API's first answer: {k}: {t}"))?;
+    ensure!(
+        contains(&body, b"\"verdict\":\"authentic\""),
+        "the scan API does not find a seeded tag authentic: {}",
+        shorten(&String::from_utf8_lossy(&body))
+    );
+
+    let backend = Backend::Redis(redis.clone());
+    let (mut raw, mut ours, measured) =
+        compare((&raw_target, &backend), (&target, &backend), &load).await?;
+    raw.report("raw axum + one Redis GET", measured, &backend);
+    ours.report("VokeTag GET /v1/scan/{id} (Redis)", measured, &backend);
+    report_ratio(&raw, &ours, measured, "goal ≥ 60 %");
+    let _ = raw_redis.quit().await;
+
+    let half = ours.tally.rate(measured) / 2.0;
+    let (mut send, mut schedule) = paced(&target, load.concurrency, half, warmup, measured).await?;
+    report_paced(
+        "VokeTag at half its peak (open loop)",
+        half,
+        measured,
+        &mut send,
+        &mut schedule,
+    );
+    line(
+        READ_LABELS,
+        "goal",
+        format_args!(
+            "p99 < 5 ms at half the peak: {}",
+            if send.percentile(99.0) < Duration::from_millis(5) {
+                "met"
+            } else {
+                "missed"
+            }
+        ),
+    );
+
+    let sample = model
+        .lookup(tags[0])
+        .await?
+        .context("a seeded tag vanished from Redis")?;
+    line(
+        READ_LABELS,
+        "checked",
+        format_args!(
+            "answers {} B (baseline {} B), all from the cache; {} scans of tag 1 counted in Redis; {} observations published",
+            body.len(),
+            raw_body.len(),
+            sample.scan_count,
+            api.observed.load(Ordering::Relaxed)
+        ),
+    );
+    line(
+        READ_LABELS,
+        "peak RSS (VmHWM)",
+        format_args!("{}", peak_rss().unwrap_or_else(|| "unavailable".into())),
+    );
+    drop(api);
+    let errors = ours.tally.error_count() + raw.tally.error_count() + send.error_count();
+    ensure!(errors == 0, "{errors} requests failed (see above)");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// bench fallback
+
+async fn fallback(settings: Settings, load: ReadLoad) -> anyhow::Result<()> {
+    let pool = bench_pool(&settings).await?;
+    let mut private = PrivateRedis::start().await?;
+    let result = fallback_with(&settings, &pool, &mut private, load).await;
+    drop(private);
+    pool.close().await;
+    result
+}
+
+async fn fallback_with(
+    settings: &Settings,
+    pool: &PgPool,
+    private: &mut PrivateRedis,
+    load: ReadLoad,
+) -> anyhow::Result<()> {
+    let warmup = Duration::from_secs_f64(load.warmup);
+    read_header("fallback benchmark (Redis down)", settings, &load);
+
+    // Could the scan API start with Redis down? Its Redis pool cannot be made without Redis.
+    let started = Instant::now();
+    let at_start = tokio::time::timeout(
+        Duration::from_secs(10),
+        redis::connect_url("redis://127.0.0.1:1"),
+    )
+    .await;
+    line(
+        READ_LABELS,
+        "Redis down at start",
+        format_args!(
+            "{} after {:.1} s: so Redis is killed once the scan API runs",
+            match at_start {
+                Ok(Ok(_)) => "the Redis pool connected (?)".to_string(),
+                Ok(Err(e)) => format!("redis::connect fails ({e})"),
+                Err(_) => "redis::connect hangs".to_string(),
+            },
+            started.elapsed().as_secs_f64()
+        ),
+    );
+
+    let settings = Settings {
+        redis_url: private.url(),
+        ..settings.clone()
+    };
+    let redis = redis::connect(&settings)
+        .await
+        .with_context(|| format!("connecting to the private Redis at {}", settings.redis_url))?;
+    let catalog = Catalog::new(load.tags);
+    let model = RedisScanModel::new(redis.clone(), settings.redis_prefix.clone());
+    apply_all(
+        &catalog.envelopes()?,
+        Some(&model),
+        Some(&PgViews::new(pool.clone())),
+    )
+    .await?;
+    let tags = Arc::new(catalog.tags.clone());
+    let http = http_client()?;
+
+    // Baseline: one primary-key SELECT per request on a table of as many rows, on a pool of
+    // its own of the same size.
+    sqlx::query("CREATE TABLE raw_tags (tag_id uuid PRIMARY KEY, payload text NOT NULL)")
+        .execute(pool)
+        .await
+        .context("creating raw_tags")?;
+    let payloads: Vec<String> = (0..catalog.tags.len())
+        .map(|i| catalog.raw_json(i))
+        .collect();
+    sqlx::query(
+        "INSERT INTO raw_tags (tag_id, payload) SELECT * FROM UNNEST($1::uuid[], $2::text[])",
+    )
+    .bind(&catalog.tags)
+    .bind(&payloads)
+    .execute(pool)
+    .await
+    .context("filling raw_tags")?;
+    for table in ["raw_tags", "view_tags", "view_batches", "view_products"] {
+        sqlx::query(&format!("VACUUM ANALYZE {table}"))
+            .execute(pool)
+            .await
+            .with_context(|| format!("VACUUM ANALYZE {table}"))?;
+    }
+    let raw_pool = db::connect_url(&settings.database_url, settings.db_max_connections)
+        .await
+        .context("connecting the baseline")?;
+    let (raw_base, _raw_server) =
+        raw_server(raw_pool.clone(), |pool: PgPool, id: Uuid| async move {
+            sqlx::query_scalar::<_, String>("SELECT payload FROM raw_tags WHERE tag_id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .map(|p| p.map(Bytes::from))
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+    let raw_target = Target {
+        prefix: raw_base.into(),
+        marker: "\"tag_id\"",
+        tags: tags.clone(),
+    };
+
+    // Ours: started on a live Redis, which then dies.
+    let api = ScanApi::start(&settings, pool.clone(), redis.clone()).await?;
+    let one = format!("{}/v1/scan/{}", api.base, tags[0]);
+    fetch(&http, &one, "\"source\":\"cache\"")
+        .await
+        .map_err(|(k, t)| anyhow!("before Redis is killed: {k}: {t}"))?;
+    private.kill().await?;
+    let killed = Instant::now();
+    let mut fast = 0;
+    let mut requests = 0;
+    while fast < 5 {
+        ensure!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the scan API does not answer quickly from the database 30 s after Redis died"
+        );
+        let sent = Instant::now();
+        let url = format!("{}/v1/scan/{}", api.base, tags[requests % tags.len()]);
+        let answer = fetch(&http, &url, "\"source\":\"database\"").await;
+        requests += 1;
+        fast = if answer.is_ok() && sent.elapsed() < Duration::from_millis(20) {
+            fast + 1
+        } else {
+            0
+        };
+    }
+    line(
+        READ_LABELS,
+        "Redis killed",
+        format_args!(
+            "5 answers in a row from the database within 20 ms after {requests} requests, {:.2} s (Redis circuit open)",
+            killed.elapsed().as_secs_f64()
+        ),
+    );
+
+    let target = api.target("\"source\":\"database\"", &tags);
+    let backend = Backend::Postgres;
+    let (mut raw, mut ours, measured) =
+        compare((&raw_target, &backend), (&target, &backend), &load).await?;
+    raw.report("raw axum + one SELECT by primary key", measured, &backend);
+    ours.report("VokeTag GET /v1/scan/{id} (Postgres)", measured, &backend);
+    report_ratio(&raw, &ours, measured, "goal ≥ 50 %");
+    raw_pool.close().await;
+
+    let half = ours.tally.rate(measured) / 2.0;
+    let (mut send, mut schedule) = paced(&target, load.concurrency, half, warmup, measured).await?;
+    report_paced(
+        "VokeTag at half its peak (open loop)",
+        half,
+        measured,
+        &mut send,
+        &mut schedule,
+    );
+    line(
+        READ_LABELS,
+        "checked",
+        format_args!(
+            "every answer from the database; {} observations published",
+            api.observed.load(Ordering::Relaxed)
+        ),
+    );
+    drop(api);
+    let errors = ours.tally.error_count() + raw.tally.error_count() + send.error_count();
+    ensure!(errors == 0, "{errors} requests failed (see above)");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// bench replay
+
+async fn replay(settings: Settings, tags: u64) -> anyhow::Result<()> {
+    let pool = bench_pool(&settings).await?;
+    let private = PrivateRedis::start().await?;
+    let result = replay_with(&settings, &pool, &private, tags).await;
+    drop(private);
+    pool.close().await;
+    result
+}
+
+async fn replay_with(
+    settings: &Settings,
+    pool: &PgPool,
+    private: &PrivateRedis,
+    n: u64,
+) -> anyhow::Result<()> {
+    println!(
+        "replay benchmark: {n} tags in TagsIssued events of {MAX_TAGS_PER_EVENT}, into a private redis-server (port {}); runs raw, ours, ours, raw, each on an emptied Redis",
+        private.port
+    );
+    let catalog = Catalog::new(n);
+    let started = Instant::now();
+    let events = catalog.store(pool, 100_000).await?;
+    line(
+        READ_LABELS,
+        "seeded the event store (not timed)",
+        format_args!(
+            "{events} events in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    checkpoint(pool).await;
+    let redis = redis::connect_url(&private.url())
+        .await
+        .context("connecting to the private Redis")?;
+    let raw_prefix = format!("{}raw:", settings.redis_prefix);
+    let model = RedisScanModel::new(redis.clone(), settings.redis_prefix.clone());
+
+    // (time, bytes per tag, where the time went) of each run.
+    let mut raw: Vec<(Duration, f64, String)> = Vec::new();
+    let mut ours: Vec<(Duration, f64, String)> = Vec::new();
+    let mut keyspace = String::new();
+    for ours_turn in [false, true, true, false] {
+        // Freed in the background (a synchronous flush outlasts the command timeout);
+        // used_memory waits until it is done.
+        let () = redis
+            .flushall(true)
+            .await
+            .context("emptying the private Redis")?;
+        let before = used_memory(&redis).await?;
+        let spent = Spent::now(&redis).await;
+        let started = Instant::now();
+        if ours_turn {
+            let report = voketag_workers::replay::rebuild_redis(pool, &model, &|_| {})
+                .await
+                .context("rebuilding the Redis scan model")?;
+            let elapsed = started.elapsed();
+            let spent = Spent::now(&redis).await.since(&spent);
+            let bytes = used_memory(&redis).await?.saturating_sub(before);
+            ensure!(
+                report.events == events,
+                "the replay read {} events, the store holds {events}",
+                report.events
+            );
+            check_rebuilt(&model, &catalog).await?;
+            keyspace = report.keyspace;
+            ours.push((elapsed, bytes as f64 / n as f64, spent));
+        } else {
+            // Baseline: the same tag keys, SET with plain pipelines of 10,000.
+            pipeline_set(
+                &redis,
+                catalog.tags.len(),
+                MAX_TAGS_PER_EVENT,
+                |i| format!("{raw_prefix}{}", catalog.tags[i]),
+                |i| format!("1|0|0|={}", Catalog::serial(i)),
+            )
+            .await?;
+            let elapsed = started.elapsed();
+            let spent = Spent::now(&redis).await.since(&spent);
+            let bytes = used_memory(&redis).await?.saturating_sub(before);
+            let stored: u64 = redis.dbsize().await.context("DBSIZE")?;
+            ensure!(
+                stored == n,
+                "the baseline stored {stored} keys, expected {n}"
+            );
+            raw.push((elapsed, bytes as f64 / n as f64, spent));
+        }
+    }
+
+    let mean = |runs: &[(Duration, f64, String)]| {
+        runs.iter().map(|r| r.0).sum::<Duration>() / runs.len().max(1) as u32
+    };
+    let (raw_time, ours_time) = (mean(&raw), mean(&ours));
+    for (label, runs, time) in [
+        ("raw SET pipelines (10,000 per pipeline)", &raw, raw_time),
+        ("VokeTag rebuild_redis", &ours, ours_time),
+    ] {
+        line(
+            READ_LABELS,
+            label,
+            format_args!(
+                "{:>6.2} s   {} tags/s   {:.1} B/tag  (runs {})",
+                time.as_secs_f64(),
+                per_second(n as f64, time),
+                runs[0].1,
+                runs.iter()
+                    .map(|r| format!("{:.2} s", r.0.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        line(READ_LABELS, "", format_args!("first run: {}", runs[0].2));
+    }
+    // Pairs run next to each other: (raw 1, ours 1) and (ours 2, raw 2).
+    let pairs: Vec<f64> = raw
+        .iter()
+        .zip(&ours)
+        .map(|(r, o)| o.0.as_secs_f64() / r.0.as_secs_f64().max(1e-9))
+        .collect();
+    line(
+        READ_LABELS,
+        "ratio",
+        format_args!(
+            "{:>6.2}× the raw pipelines' time (pairs {}; goal ≤ 2×)",
+            ours_time.as_secs_f64() / raw_time.as_secs_f64().max(1e-9),
+            pairs
+                .iter()
+                .map(|p| format!("{p:.2}×"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    line(
+        READ_LABELS,
+        "checked",
+        format_args!(
+            "{events} events replayed each time (last into keyspace {keyspace}); 100 random tags read back right"
+        ),
+    );
+    let _ = redis.quit().await;
+    Ok(())
+}
+
+/// 100 random tags read back from the rebuilt model with their serial and batch.
+async fn check_rebuilt(model: &RedisScanModel, catalog: &Catalog) -> anyhow::Result<()> {
+    let mut pick = Pick::new();
+    for _ in 0..100 {
+        let i = pick.below(catalog.tags.len());
+        let view = model
+            .lookup(catalog.tags[i])
+            .await?
+            .with_context(|| format!("tag {} is not in the rebuilt model", catalog.tags[i]))?;
+        ensure!(
+            view.serial.as_deref() == Some(Catalog::serial(i).as_str())
+                && view.batch.status == "active",
+            "tag {} reads wrong after the rebuild: {view:?}",
+            catalog.tags[i]
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// bench lag
+
+async fn lag(settings: Settings, events: u64) -> anyhow::Result<()> {
+    let pool = bench_pool(&settings).await?;
+    let result = lag_with(&settings, &pool, events).await;
+    pool.close().await;
+    result
+}
+
+async fn lag_with(settings: &Settings, pool: &PgPool, events: u64) -> anyhow::Result<()> {
+    let redis = redis::connect(settings)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+    let model = RedisScanModel::new(redis.clone(), settings.redis_prefix.clone());
+    let catalog = Catalog::new(events);
+    catalog.store(pool, MAX_TAGS_PER_EVENT).await?;
+
+    let bus = InProcBus::new();
+    // Before the relay publishes anything, or the first events would reach nobody.
+    bus.subscribe(EVENTS_TOPIC, "projector-redis-scan")
+        .await
+        .context("subscribing the projector")?;
+    let bus: Arc<dyn Bus> = Arc::new(bus);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.changed().await;
+    };
+    let projector = Arc::new(Projector::new(model.clone(), pool.clone()));
+    let projector_task = Aborting(tokio::spawn(
+        projector.run(bus.clone(), until(stopped.clone())),
+    ));
+    let relay = Relay::new(pool.clone(), bus.clone());
+    let (idle, batch_size) = (relay.idle, relay.batch_size);
+    let relay_task = Aborting(tokio::spawn(relay.run(until(stopped))));
+    println!(
+        "lag benchmark: {events} tag revocations, one at a time after a random pause of 0–{} ms: commit returned → RedisScanModel::lookup shows it (polled every 1 ms)",
+        (idle + Duration::from_millis(5)).as_millis()
+    );
+    line(
+        READ_LABELS,
+        "relay",
+        format_args!(
+            "idle {} ms (its pause after a pass that found nothing: a commit may wait that long for the next pass), batch {batch_size}",
+            idle.as_millis()
+        ),
+    );
+
+    // The seeded product, batch and tags reach Redis first.
+    let started = Instant::now();
+    let last = *catalog.tags.last().context("no tags")?;
+    while model.lookup(last).await?.is_none() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the seeded tags are not in Redis after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    line(
+        READ_LABELS,
+        "seed visible in Redis",
+        format_args!("after {:.2} s", started.elapsed().as_secs_f64()),
+    );
+
+    let store = EventStore::new(pool.clone());
+    let meta = EventMetadata {
+        actor: "system:bench".into(),
+        factory_id: catalog.factory.to_string(),
+        ..EventMetadata::default()
+    };
+    let batch = catalog.batch.to_string();
+    let mut lags = Tally::default();
+    let mut commits = Tally::default();
+    let mut polls = 0u64;
+    let mut pick = Pick::new();
+    // Without a pause, each command would commit just after the relay found nothing and
+    // went idle (it passes again right after publishing the previous revocation), so every
+    // lag would be a whole idle pause. A random pause spreads commits over the relay's cycle,
+    // as independent writers would.
+    let spread = idle + Duration::from_millis(5);
+    for tag in &catalog.tags {
+        tokio::time::sleep(spread.mul_f64(pick.below(1000) as f64 / 1000.0)).await;
+        let sent = Instant::now();
+        store
+            .execute::<Batch>(
+                &batch,
+                BatchCommand::RevokeTag {
+                    tag_id: *tag,
+                    reason: "bench".into(),
+                },
+                &meta,
+                None,
+            )
+            .await
+            .with_context(|| format!("revoking tag {tag}"))?;
+        let committed = Instant::now();
+        commits.latencies.push(committed - sent);
+        loop {
+            polls += 1;
+            let view = model.lookup(*tag).await?;
+            if view.is_some_and(|v| v.revoked.is_some()) {
+                break;
+            }
+            ensure!(
+                committed.elapsed() < Duration::from_secs(10),
+                "the revocation of tag {tag} is not in Redis after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lags.latencies.push(committed.elapsed());
+    }
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = (&mut { relay_task }.0).await;
+        let _ = (&mut { projector_task }.0).await;
+    })
+    .await;
+
+    let mean = lags.latencies.iter().sum::<Duration>() / lags.latencies.len().max(1) as u32;
+    line(
+        READ_LABELS,
+        "commit → visible in Redis",
+        format_args!(
+            "p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>6.2} ms   mean {:.2} ms  (goal p99 < 50 ms: {})",
+            ms(lags.percentile(50.0)),
+            ms(lags.percentile(99.0)),
+            ms(lags.percentile(100.0)),
+            ms(mean),
+            if lags.percentile(99.0) < Duration::from_millis(50) {
+                "met"
+            } else {
+                "missed"
+            }
+        ),
+    );
+    line(
+        READ_LABELS,
+        "the commands themselves (not counted)",
+        format_args!(
+            "p50 {:>6.2} ms   p99 {:>6.2} ms",
+            ms(commits.percentile(50.0)),
+            ms(commits.percentile(99.0))
+        ),
+    );
+    line(
+        READ_LABELS,
+        "checked",
+        format_args!(
+            "{} revocations seen in Redis ({:.1} lookups each)",
+            lags.latencies.len(),
+            polls as f64 / lags.latencies.len().max(1) as f64
+        ),
+    );
+    let _ = redis.quit().await;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -826,6 +2508,54 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[0], "tag_id,serial");
         assert!(lines[3].ends_with(",SN-0000003"), "{}", lines[3]);
+    }
+
+    #[test]
+    fn proc_stat_cpu_is_utime_plus_stime() {
+        let stat = "4242 (tokio (rt) worker) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 8 0";
+        assert_eq!(stat_cpu_seconds(stat), Some(3.0));
+        assert_eq!(stat_cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn picks_stay_in_range_and_spread() {
+        let mut pick = Pick::new();
+        let mut seen = [0u32; 10];
+        for _ in 0..10_000 {
+            seen[pick.below(10)] += 1;
+        }
+        assert!(seen.iter().all(|n| (800..1200).contains(n)), "{seen:?}");
+    }
+
+    #[test]
+    fn hand_made_events_are_consecutive_versions() {
+        let catalog = Catalog::new(25_000);
+        let events = catalog.envelopes().unwrap();
+        let batch: Vec<(i64, &str)> = events
+            .iter()
+            .filter(|e| e.aggregate_type == "Batch")
+            .map(|e| (e.sequence, e.event_type.as_str()))
+            .collect();
+        assert_eq!(
+            batch,
+            [
+                (1, "BatchCreated"),
+                (2, "BatchActivated"),
+                (3, "TagsIssued"),
+                (4, "TagsIssued"),
+                (5, "TagsIssued")
+            ]
+        );
+        assert_eq!(events[0].event_type, "ProductRegistered");
+        assert!(catalog.raw_json(0).contains(&catalog.tags[0].to_string()));
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(
+            glob_escape("vt:bench:1*?[]\\"),
+            "vt:bench:1\\*\\?\\[\\]\\\\"
+        );
     }
 
     #[test]

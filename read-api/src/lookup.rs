@@ -99,7 +99,13 @@ impl ReadModels {
             Err(e) => {
                 metrics::counter!("scan_lookups_total", "source" => "cache", "outcome" => e.kind())
                     .increment(1);
-                tracing::warn!(tag.id = %tag_id, read_model = "redis", error = %e, "falling back to Postgres");
+                // An open circuit was logged once when it opened; every scan meanwhile
+                // would only repeat it (and cost a log line per request).
+                if matches!(e, crate::breaker::Unavailable::Open) {
+                    tracing::debug!(tag.id = %tag_id, read_model = "redis", "circuit open: asking Postgres");
+                } else {
+                    tracing::warn!(tag.id = %tag_id, read_model = "redis", error = %e, "falling back to Postgres");
+                }
                 Some(e.to_string())
             }
         };
