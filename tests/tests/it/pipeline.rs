@@ -33,23 +33,26 @@ struct Up {
 
 impl Up {
     async fn start() -> Up {
-        let db = TestDb::new().await;
-        let mut up = Up {
+        let mut up = Up::new(TestDb::new().await);
+        up.spawn().await;
+        up
+    }
+
+    /// Not started yet: its own Redis prefix and free ports, on `db`.
+    fn new(db: TestDb) -> Up {
+        let ports = (free_port(), free_port(), free_port());
+        Up {
             db,
             prefix: format!("vt:test:{}:", Uuid::new_v4().simple()),
-            factory: String::new(),
-            scan: String::new(),
-            ports: (free_port(), free_port(), free_port()),
+            factory: format!("http://127.0.0.1:{}", ports.0),
+            scan: format!("http://127.0.0.1:{}", ports.1),
+            ports,
             child: None,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
-        };
-        up.factory = format!("http://127.0.0.1:{}", up.ports.0);
-        up.scan = format!("http://127.0.0.1:{}", up.ports.1);
-        up.spawn().await;
-        up
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -509,23 +512,10 @@ async fn with_postgres_down_cached_tags_still_scan_and_commands_answer_503() {
         .await
         .expect("connect");
     voketag_platform::db::migrate(&pool).await.expect("migrate");
-    let mut up = Up {
-        db: TestDb::new().await,
-        prefix: format!("vt:test:{}:", Uuid::new_v4().simple()),
-        factory: String::new(),
-        scan: String::new(),
-        ports: (free_port(), free_port(), free_port()),
-        child: None,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client"),
-    };
+    let mut up = Up::new(TestDb::new().await);
     // This test's `voketag up` runs on its own Postgres; the harness database stays unused.
     up.db.url = url.clone();
     up.db.pool = pool;
-    up.factory = format!("http://127.0.0.1:{}", up.ports.0);
-    up.scan = format!("http://127.0.0.1:{}", up.ports.1);
     up.spawn().await;
     let (user, _, tags) = seeded(&up, 50).await;
     for tag in &tags[..5] {
