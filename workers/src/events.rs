@@ -6,7 +6,7 @@ use voketag_schemas::bus::EventEnvelope;
 
 /// The columns every worker selects, in [`StoredEvent`]'s order.
 pub const COLUMNS: &str = "global_position, aggregate_type, aggregate_id, sequence, event_type, \
-     event_version, payload::jsonb AS payload, metadata::jsonb AS metadata, recorded_at";
+     event_version, payload, metadata, recorded_at";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEvent {

@@ -76,6 +76,10 @@ impl Cursor {
     }
 }
 
+/// Events read from the store at once: small enough that reading the next page (Postgres)
+/// overlaps applying this one (Redis) for most of the run.
+const PAGE: i64 = 20;
+
 async fn apply_all(
     pool: &PgPool,
     target: &RedisScanModel,
@@ -83,28 +87,41 @@ async fn apply_all(
     done: &mut u64,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), ReplayError> {
-    loop {
-        let page = cursor.next_page(pool, 2_000).await?;
-        if page.is_empty() {
-            return Ok(());
-        }
-        for event in page {
-            let position = event.global_position;
-            let envelope = event
-                .into_envelope()
-                .map_err(|reason| ReplayError::Corrupt { position, reason })?;
-            match target
-                .apply(&envelope)
-                .await
-                .map_err(|source| ReplayError::Apply { position, source })?
-            {
-                Applied::Applied | Applied::Duplicate | Applied::Ignored => {}
-                Applied::Gap { expected } => return Err(ReplayError::Gap { position, expected }),
-            }
-            *done += 1;
-            progress(*done);
-        }
+    let mut page = cursor.next_page(pool, PAGE).await?;
+    while !page.is_empty() {
+        let (next, applied) = tokio::join!(
+            cursor.next_page(pool, PAGE),
+            apply_page(target, page, done, progress)
+        );
+        applied?;
+        page = next?;
     }
+    Ok(())
+}
+
+async fn apply_page(
+    target: &RedisScanModel,
+    page: Vec<StoredEvent>,
+    done: &mut u64,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(), ReplayError> {
+    for event in page {
+        let position = event.global_position;
+        let envelope = event
+            .into_envelope()
+            .map_err(|reason| ReplayError::Corrupt { position, reason })?;
+        match target
+            .apply(&envelope)
+            .await
+            .map_err(|source| ReplayError::Apply { position, source })?
+        {
+            Applied::Applied | Applied::Duplicate | Applied::Ignored => {}
+            Applied::Gap { expected } => return Err(ReplayError::Gap { position, expected }),
+        }
+        *done += 1;
+        progress(*done);
+    }
+    Ok(())
 }
 
 /// Number of events the replay will read (for the progress bar).
