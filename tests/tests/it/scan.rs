@@ -573,7 +573,7 @@ async fn every_scan_is_published_without_any_ip_address_or_raw_device_signal() {
                 ("x-forwarded-for", "203.0.113.9, 10.1.2.3"),
                 ("x-real-ip", "203.0.113.9"),
                 ("forwarded", "for=203.0.113.9"),
-                ("user-agent", "SecretPhone/9.9 (build 777)"),
+                ("user-agent", "SecretPhone/9.9 (build zqxv)"),
                 ("accept-language", "pt-BR,pt;q=0.9"),
                 ("x-client-region", "BR"),
                 ("x-client-region-subdivision", "BRSP"),
@@ -597,7 +597,14 @@ async fn every_scan_is_published_without_any_ip_address_or_raw_device_signal() {
     assert!(device.len() == 64 && device.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(attributes["correlation_id"], "corr-scan-1");
     let everything = format!("{raw} {attributes:?}");
-    for secret in ["203.0.113", "10.1.2.3", "SecretPhone", "777", "pt-BR"] {
+    // Markers chosen so that no UUID, hash or trace id can contain them by chance.
+    for secret in [
+        "203.0.113",
+        "10.1.2.3",
+        "SecretPhone",
+        "build zqxv",
+        "pt-BR",
+    ] {
         assert!(
             !everything.contains(secret),
             "{secret} leaked: {everything}"
@@ -609,7 +616,7 @@ async fn every_scan_is_published_without_any_ip_address_or_raw_device_signal() {
         .scan(
             Uuid::now_v7(),
             &[
-                ("user-agent", "SecretPhone/9.9 (build 777)"),
+                ("user-agent", "SecretPhone/9.9 (build zqxv)"),
                 ("accept-language", "pt-BR,pt;q=0.9"),
             ],
         )
