@@ -135,6 +135,41 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     }
 }
 
+/// A response read whole: status, headers and the body as JSON (or as a JSON string when
+/// it is not JSON; `null` when empty).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn read(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body read");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error envelope's code, or "".
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
 /// Who sends a request.
 #[derive(Debug, Clone)]
 pub enum As {
@@ -204,15 +239,8 @@ impl TestApp {
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let response = r.send().await.expect("request sent");
-        let status = response.status();
-        let text = response.text().await.expect("body read");
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, json)
+        let a = Answer::read(r.send().await.expect("request sent")).await;
+        (a.status, a.body)
     }
 
     pub async fn get(&self, path: &str, who: &As) -> (StatusCode, Value) {

@@ -4,13 +4,12 @@
 
 use fred::interfaces::KeysInterface;
 use futures::StreamExt;
-use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use uuid::Uuid;
 use voketag_domain::Role;
-use voketag_tests::{As, TestApp, id_of, spawn_app, spawn_app_with};
+use voketag_tests::{Answer, As, TestApp, id_of, spawn_app, spawn_app_with};
 
 /// A request body.
 enum Payload {
@@ -18,23 +17,6 @@ enum Payload {
     Json(Value),
     /// A content type and the bytes sent with it.
     Raw(&'static str, Vec<u8>),
-}
-
-/// An answer with its headers.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
 }
 
 async fn call(
@@ -54,20 +36,7 @@ async fn call(
         Payload::Json(v) => r.json(&v),
         Payload::Raw(content_type, bytes) => r.header("content-type", content_type).body(bytes),
     };
-    let response = r.send().await.expect("request sent");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("body read");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    Answer {
-        status,
-        headers,
-        body,
-    }
+    Answer::read(r.send().await.expect("request sent")).await
 }
 
 /// Asserts the error envelope: status, code, and a request id equal to the response header.

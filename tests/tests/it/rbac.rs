@@ -3,12 +3,11 @@
 //! credentials. One test per route group; each lists every (route, caller) pair that did
 //! not answer as expected.
 
-use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use voketag_domain::Role;
-use voketag_tests::{As, TestApp, id_of, spawn_app_with};
+use voketag_tests::{Answer, As, TestApp, id_of, spawn_app_with};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -69,12 +68,6 @@ enum Payload {
     Empty,
     Json(Value),
     Csv(String),
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
 }
 
 /// Factory A with a product, a draft batch holding issued tags, an import and two API keys;
@@ -190,20 +183,7 @@ impl World {
             Payload::Json(v) => r.json(&v),
             Payload::Csv(text) => r.header("content-type", "text/csv").body(text),
         };
-        let response = r.send().await.expect("request sent");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.expect("body read");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer::read(r.send().await.expect("request sent")).await
     }
 
     /// A fresh draft batch of A's product.
