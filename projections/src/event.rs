@@ -25,11 +25,17 @@ pub(crate) enum ModelEvent {
     ScanLog(Uuid, ScanLogEvent),
 }
 
+/// Whether the read models follow events of this aggregate type (the others are answered
+/// `Applied::Ignored` and keep no version).
+pub fn follows(aggregate_type: &str) -> bool {
+    matches!(aggregate_type, PRODUCT | BATCH | SCAN_LOG)
+}
+
 /// `Ok(None)`: an aggregate no read model follows (factories, API keys, ...), to be
 /// answered `Applied::Ignored`. An envelope of a followed aggregate that cannot be read is
 /// poison: retrying will not change it.
 pub(crate) fn decode(e: &EventEnvelope) -> Result<Option<ModelEvent>, ProjectionError> {
-    if !matches!(e.aggregate_type.as_str(), PRODUCT | BATCH | SCAN_LOG) {
+    if !follows(&e.aggregate_type) {
         return Ok(None);
     }
     if e.sequence < 1 {
@@ -73,7 +79,11 @@ pub(crate) fn poison(e: &EventEnvelope, reason: String) -> ProjectionError {
 /// The version key of an aggregate: models keep versions per (aggregate type, id), so a
 /// batch and its scan log (same id) have separate versions.
 pub(crate) fn version_key(e: &EventEnvelope) -> String {
-    format!("{}:{}", e.aggregate_type, e.aggregate_id)
+    aggregate_key(&e.aggregate_type, &e.aggregate_id)
+}
+
+pub(crate) fn aggregate_key(aggregate_type: &str, aggregate_id: &str) -> String {
+    format!("{aggregate_type}:{aggregate_id}")
 }
 
 /// Scan times are kept to the whole second in every read model (the event store keeps the

@@ -14,6 +14,7 @@ pub mod pg_views;
 pub mod redis_model;
 pub mod view;
 
+pub use event::follows;
 pub use pg_views::{FactoryDayStats, PgViews};
 pub use redis_model::{RedisScanModel, ScanHit};
 pub use view::{Applied, BatchView, ProductView, ProjectionError, TagView};

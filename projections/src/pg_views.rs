@@ -500,6 +500,25 @@ impl TagRow {
     }
 }
 
+impl PgViews {
+    /// The last applied version of each `(aggregate type, aggregate id)`, in the order
+    /// asked; 0 when none was applied.
+    pub async fn versions(&self, aggregates: &[(&str, &str)]) -> Result<Vec<i64>, ProjectionError> {
+        let (kinds, ids): (Vec<&str>, Vec<&str>) = aggregates.iter().copied().unzip();
+        let rows: Vec<i64> = sqlx::query_scalar(
+            "SELECT coalesce(v.version, 0)
+               FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS a(kind, id, n)
+               LEFT JOIN view_versions v ON v.aggregate_type = a.kind AND v.aggregate_id = a.id
+              ORDER BY a.n",
+        )
+        .bind(&kinds)
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

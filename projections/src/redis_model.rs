@@ -785,3 +785,4 @@ impl Fields {
 
 #[cfg(test)]
 mod tests;
+mod versions;

@@ -72,4 +72,26 @@ impl ProjectionError {
     pub fn is_retryable(&self) -> bool {
         !matches!(self, ProjectionError::Poison { .. })
     }
+
+    /// Whether the read model's store itself is unreachable (connection refused or lost,
+    /// timed out, pool exhausted): nothing is wrong with the event, so retrying must not
+    /// count towards parking it.
+    pub fn is_unavailable(&self) -> bool {
+        use fred::error::ErrorKind;
+        match self {
+            ProjectionError::Redis(e) => matches!(
+                e.kind(),
+                ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Backpressure
+            ),
+            ProjectionError::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            ProjectionError::Poison { .. } => false,
+        }
+    }
 }

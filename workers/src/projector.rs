@@ -22,6 +22,8 @@ pub trait Model: Send + Sync + 'static {
     /// The subscription name, also the parking scope. A persistent contract.
     fn subscription(&self) -> &'static str;
     async fn apply(&self, e: &EventEnvelope) -> Result<Applied, ProjectionError>;
+    /// The last applied version of each `(aggregate type, aggregate id)` (0: none).
+    async fn versions(&self, aggregates: &[(&str, &str)]) -> Result<Vec<i64>, ProjectionError>;
 }
 
 #[async_trait]
@@ -31,6 +33,9 @@ impl Model for RedisScanModel {
     }
     async fn apply(&self, e: &EventEnvelope) -> Result<Applied, ProjectionError> {
         RedisScanModel::apply(self, e).await
+    }
+    async fn versions(&self, aggregates: &[(&str, &str)]) -> Result<Vec<i64>, ProjectionError> {
+        RedisScanModel::versions(self, aggregates).await
     }
 }
 
@@ -42,11 +47,17 @@ impl Model for PgViews {
     async fn apply(&self, e: &EventEnvelope) -> Result<Applied, ProjectionError> {
         PgViews::apply(self, e).await
     }
+    async fn versions(&self, aggregates: &[(&str, &str)]) -> Result<Vec<i64>, ProjectionError> {
+        PgViews::versions(self, aggregates).await
+    }
 }
 
 pub struct Projector<M: Model> {
     model: M,
     store: PgPool,
+    /// Deliveries handled at once. Version gating makes any interleaving safe: an event
+    /// that overtakes an earlier one of its aggregate fills the gap from the store.
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,10 +76,20 @@ pub enum Outcome {
 
 impl<M: Model> Projector<M> {
     pub fn new(model: M, store: PgPool) -> Self {
-        Projector { model, store }
+        Projector {
+            model,
+            store,
+            concurrency: 16,
+        }
     }
 
-    /// Consumes the subscription until `shutdown` resolves.
+    /// The subscription this projector consumes (and parks events under).
+    pub fn subscription(&self) -> &'static str {
+        self.model.subscription()
+    }
+
+    /// Consumes the subscription until `shutdown` resolves, then finishes the deliveries
+    /// in hand.
     pub async fn run(
         self: Arc<Self>,
         bus: Arc<dyn Bus>,
@@ -82,14 +103,27 @@ impl<M: Model> Projector<M> {
             subscription = self.model.subscription(),
             "projector started"
         );
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency.max(1)));
+        let mut running = tokio::task::JoinSet::new();
         loop {
+            let slot = tokio::select! {
+                _ = &mut shutdown => break,
+                s = slots.clone().acquire_owned() => s?,
+            };
             let delivery = tokio::select! {
                 _ = &mut shutdown => break,
                 d = subscriber.next() => d,
             };
             let Some(delivery) = delivery else { break };
-            self.handle(delivery).await;
+            let me = self.clone();
+            running.spawn(async move {
+                me.handle(delivery).await;
+                drop(slot);
+            });
+            // Reap finished handlers so the set stays small.
+            while running.try_join_next().is_some() {}
         }
+        while running.join_next().await.is_some() {}
         tracing::info!(
             subscription = self.model.subscription(),
             "projector stopped"
@@ -137,30 +171,22 @@ impl<M: Model> Projector<M> {
 
     /// Applies one event (filling gaps from the store), parking it when it cannot be.
     pub async fn project(&self, e: &EventEnvelope, attempt: u32) -> Outcome {
-        match self.blocked(e).await {
+        match self.park_if_blocked(e, attempt).await {
             Ok(false) => {}
-            Ok(true) => {
-                return self
-                    .park(e, "an earlier event of this aggregate is parked", attempt)
-                    .await;
-            }
+            Ok(true) => return Outcome::Parked,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read parked events; retrying");
                 return Outcome::Retry;
             }
         }
-        let result = match self.model.apply(e).await {
-            Ok(Applied::Gap { expected }) => self
-                .fill(e, expected)
-                .await
-                .map(|filled| Outcome::Filled { filled }),
-            Ok(Applied::Applied) => Ok(Outcome::Applied),
-            Ok(Applied::Duplicate) => Ok(Outcome::Duplicate),
-            Ok(Applied::Ignored) => Ok(Outcome::Ignored),
-            Err(err) => Err(err),
-        };
-        match result {
+        match self.apply_filling(e).await {
             Ok(o) => o,
+            // The model's store is down: wait for it however long it takes, parking
+            // nothing (the bus redelivers with a growing pause).
+            Err(err) if err.is_unavailable() => {
+                tracing::warn!(error = %err, event.position = e.position, attempt, "read model unavailable; will retry");
+                Outcome::Retry
+            }
             Err(err) if err.is_retryable() && attempt < MAX_ATTEMPTS => {
                 tracing::warn!(error = %err, event.position = e.position, attempt, "projection failed; will retry");
                 Outcome::Retry
@@ -169,6 +195,20 @@ impl<M: Model> Projector<M> {
                 tracing::error!(error = %err, event.position = e.position, attempt, "projection failed; parking");
                 self.park(e, &err.to_string(), attempt).await
             }
+        }
+    }
+
+    /// Applies `e`, first filling the versions of its aggregate the model misses.
+    async fn apply_filling(&self, e: &EventEnvelope) -> Result<Outcome, ProjectionError> {
+        match self.model.apply(e).await {
+            Ok(Applied::Gap { expected }) => self
+                .fill(e, expected)
+                .await
+                .map(|filled| Outcome::Filled { filled }),
+            Ok(Applied::Applied) => Ok(Outcome::Applied),
+            Ok(Applied::Duplicate) => Ok(Outcome::Duplicate),
+            Ok(Applied::Ignored) => Ok(Outcome::Ignored),
+            Err(err) => Err(err),
         }
     }
 
@@ -213,17 +253,190 @@ impl<M: Model> Projector<M> {
         Ok(filled)
     }
 
-    async fn blocked(&self, e: &EventEnvelope) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM parked_events
-                             WHERE subscription = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence < $4)",
+    /// Parks `e` behind an earlier parked event of its aggregate, if there is one. The check
+    /// and the parking hold the aggregate's lock that a re-drive takes to release it, so an
+    /// event is never parked behind a block that was just lifted.
+    async fn park_if_blocked(&self, e: &EventEnvelope, attempt: u32) -> Result<bool, sqlx::Error> {
+        // The common case, nothing parked, costs one read and no lock.
+        let sub = self.model.subscription();
+        if !is_blocked(&self.store, sub, e).await? {
+            return Ok(false);
+        }
+        let mut tx = self.store.begin().await?;
+        lock_aggregate(
+            &mut tx,
+            self.model.subscription(),
+            &e.aggregate_type,
+            &e.aggregate_id,
+        )
+        .await?;
+        if !is_blocked(&mut *tx, sub, e).await? {
+            return Ok(false);
+        }
+        insert_parked(
+            &mut *tx,
+            self.model.subscription(),
+            &e.aggregate_type,
+            &e.aggregate_id,
+            e.sequence,
+            e.position,
+            "an earlier event of this aggregate is parked",
+            attempt,
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::warn!(
+            subscription = self.model.subscription(),
+            aggregate.kind = %e.aggregate_type,
+            aggregate.id = %e.aggregate_id,
+            event.sequence = e.sequence,
+            "event parked behind an earlier parked event of its aggregate"
+        );
+        Ok(true)
+    }
+
+    /// Every parked event of this projector's subscription, oldest first.
+    pub async fn parked(&self) -> Result<Vec<Parked>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT subscription, aggregate_type, aggregate_id, sequence, position, reason, attempts, parked_at
+               FROM parked_events WHERE subscription = $1
+              ORDER BY position",
         )
         .bind(self.model.subscription())
-        .bind(&e.aggregate_type)
-        .bind(&e.aggregate_id)
-        .bind(e.sequence)
-        .fetch_one(&self.store)
+        .fetch_all(&self.store)
         .await
+    }
+
+    /// Re-drives the parked events of this subscription, once their cause is fixed: for
+    /// each blocked aggregate (or only `aggregate`, as `(type, id)`), applies its events
+    /// from the store in order from the first parked one to its newest, then releases it.
+    /// An aggregate whose event still fails stays blocked, with the new reason.
+    pub async fn redrive(&self, aggregate: Option<(&str, &str)>) -> Result<Redriven, sqlx::Error> {
+        let blocked: Vec<(String, String)> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id FROM parked_events
+              WHERE subscription = $1 AND ($2::text IS NULL OR (aggregate_type = $2 AND aggregate_id = $3))
+              GROUP BY aggregate_type, aggregate_id
+              ORDER BY min(position)",
+        )
+        .bind(self.model.subscription())
+        .bind(aggregate.map(|a| a.0))
+        .bind(aggregate.map(|a| a.1))
+        .fetch_all(&self.store)
+        .await?;
+        let mut report = Redriven::default();
+        for (kind, id) in blocked {
+            match self.redrive_aggregate(&kind, &id).await? {
+                Ok(applied) => {
+                    report.events += applied;
+                    report.released.push((kind, id));
+                }
+                Err(reason) => report.still_blocked.push((kind, id, reason)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// `Ok(Ok(events applied))` once the aggregate is released, `Ok(Err(reason))` when an
+    /// event still fails.
+    async fn redrive_aggregate(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Result<usize, String>, sqlx::Error> {
+        let subscription = self.model.subscription();
+        let mut applied = 0;
+        loop {
+            let first: Option<i64> = sqlx::query_scalar(
+                "SELECT min(sequence) FROM parked_events
+                  WHERE subscription = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+            )
+            .bind(subscription)
+            .bind(kind)
+            .bind(id)
+            .fetch_one(&self.store)
+            .await?;
+            let Some(first) = first else {
+                return Ok(Ok(applied));
+            };
+            let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence >= $3
+                  ORDER BY sequence"
+            ))
+            .bind(kind)
+            .bind(id)
+            .bind(first)
+            .fetch_all(&self.store)
+            .await?;
+            let mut through = first - 1;
+            for row in rows {
+                let sequence = row.sequence;
+                let position = row.global_position;
+                let result = match row.into_envelope() {
+                    Ok(e) => self.apply_filling(&e).await.map_err(|err| err.to_string()),
+                    Err(reason) => Err(reason),
+                };
+                if let Err(reason) = result {
+                    let mut tx = self.store.begin().await?;
+                    lock_aggregate(&mut tx, subscription, kind, id).await?;
+                    sqlx::query(
+                        "DELETE FROM parked_events
+                          WHERE subscription = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence < $4",
+                    )
+                    .bind(subscription)
+                    .bind(kind)
+                    .bind(id)
+                    .bind(sequence)
+                    .execute(&mut *tx)
+                    .await?;
+                    insert_parked(
+                        &mut *tx,
+                        subscription,
+                        kind,
+                        id,
+                        sequence,
+                        position,
+                        &reason,
+                        1,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    tracing::error!(
+                        subscription,
+                        aggregate.kind = kind,
+                        aggregate.id = id,
+                        event.sequence = sequence,
+                        reason,
+                        "re-drive failed; the aggregate stays blocked"
+                    );
+                    return Ok(Err(reason));
+                }
+                applied += 1;
+                through = sequence;
+            }
+            // Release what was applied. An event parked meanwhile behind the block (with a
+            // higher version) stays, and the next round applies it.
+            let mut tx = self.store.begin().await?;
+            lock_aggregate(&mut tx, subscription, kind, id).await?;
+            sqlx::query(
+                "DELETE FROM parked_events
+                  WHERE subscription = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence <= $4",
+            )
+            .bind(subscription)
+            .bind(kind)
+            .bind(id)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            tracing::info!(
+                subscription,
+                aggregate.kind = kind,
+                aggregate.id = id,
+                through.sequence = through,
+                "parked events re-driven"
+            );
+        }
     }
 
     async fn park(&self, e: &EventEnvelope, reason: &str, attempt: u32) -> Outcome {
@@ -247,20 +460,16 @@ impl<M: Model> Projector<M> {
         reason: &str,
         attempt: u32,
     ) -> Outcome {
-        let parked = sqlx::query(
-            "INSERT INTO parked_events (subscription, aggregate_type, aggregate_id, sequence, position, reason, attempts)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (subscription, aggregate_type, aggregate_id, sequence)
-               DO UPDATE SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts, parked_at = now()",
+        let parked = insert_parked(
+            &self.store,
+            self.model.subscription(),
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            position,
+            reason,
+            attempt,
         )
-        .bind(self.model.subscription())
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(sequence)
-        .bind(position)
-        .bind(reason)
-        .bind(attempt as i32)
-        .execute(&self.store)
         .await;
         match parked {
             Ok(_) => {
@@ -281,6 +490,95 @@ impl<M: Model> Projector<M> {
             }
         }
     }
+}
+
+/// A parked event, as `voketag redrive --list` shows it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Parked {
+    pub subscription: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub position: i64,
+    pub reason: String,
+    pub attempts: i32,
+    pub parked_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a re-drive did.
+#[derive(Debug, Default)]
+pub struct Redriven {
+    /// Aggregates released, as `(type, id)`.
+    pub released: Vec<(String, String)>,
+    /// Events applied (or found applied already) while releasing them.
+    pub events: usize,
+    /// Aggregates whose events still fail, with the reason.
+    pub still_blocked: Vec<(String, String, String)>,
+}
+
+/// Whether an earlier event of `e`'s aggregate is parked.
+async fn is_blocked<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    subscription: &str,
+    e: &EventEnvelope,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM parked_events
+                         WHERE subscription = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence < $4)",
+    )
+    .bind(subscription)
+    .bind(&e.aggregate_type)
+    .bind(&e.aggregate_id)
+    .bind(e.sequence)
+    .fetch_one(db)
+    .await
+}
+
+/// Serialises parking behind a block with its release, per subscription and aggregate.
+async fn lock_aggregate(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    subscription: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3, 0))")
+        .bind(subscription)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_parked<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    subscription: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+    position: i64,
+    reason: &str,
+    attempt: u32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO parked_events (subscription, aggregate_type, aggregate_id, sequence, position, reason, attempts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (subscription, aggregate_type, aggregate_id, sequence)
+           DO UPDATE SET reason = EXCLUDED.reason,
+                         attempts = parked_events.attempts + 1,
+                         parked_at = now()",
+    )
+    .bind(subscription)
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .bind(position)
+    .bind(reason)
+    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 fn outcome_label(o: Outcome) -> &'static str {

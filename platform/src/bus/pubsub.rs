@@ -9,7 +9,8 @@
 //! - Subscribers hold at most `max_outstanding` unanswered deliveries (the SDK's flow
 //!   control, which the server enforces, and a semaphore here, since the emulator does
 //!   not); `ack` acknowledges, `nack` (or dropping the delivery) hands the message back
-//!   at once (a modify-ack-deadline of 0), so it is delivered again.
+//!   (a modify-ack-deadline of 0) after a pause that grows with the attempts, as the
+//!   in-process bus does, so it is delivered again.
 //! - `attempt` is Pub/Sub's delivery attempt when the subscription has a dead-letter policy,
 //!   and otherwise the number of times this process has received the message: without a
 //!   dead-letter policy (and in the emulator) Pub/Sub does not count.
@@ -339,6 +340,10 @@ async fn pump(
                     seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     handler.ack();
                 } else {
+                    // Handed back after the same growing pause as the in-process bus, so
+                    // a consumer whose store is briefly down is not flooded with retries
+                    // (the message stays leased meanwhile, and counts as in flight).
+                    tokio::time::sleep(super::redelivery_delay(attempt)).await;
                     handler.nack();
                 }
             });
