@@ -50,6 +50,20 @@ enum Command {
         #[command(subcommand)]
         target: ReplayCommand,
     },
+    /// Re-drive events a projector parked, once what made them fail is fixed.
+    Redrive {
+        /// Only this projector's subscription (`projector-redis-scan`, `projector-pg-views`).
+        #[arg(long)]
+        subscription: Option<String>,
+        /// Only this aggregate, as `TYPE:ID` (e.g. `Batch:0192…`).
+        #[arg(long)]
+        aggregate: Option<String>,
+        /// List the parked events instead.
+        #[arg(long)]
+        list: bool,
+    },
+    /// How far the relay and each projector are behind the event store's head.
+    Lag,
     /// Benchmarks that print figures against a raw baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -167,13 +181,14 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 _ => "scans-worker",
             };
             telemetry::init(name, &settings);
+            roles::serve_metrics(&settings).await?;
             let bus = roles::bus(&settings).await?;
             let pool = db::connect(&settings)
                 .await
                 .context("connecting to Postgres")?;
             let stop = voketag_platform::shutdown_signal();
             match worker {
-                WorkCommand::Relay => roles::relay(pool, bus).run(stop).await,
+                WorkCommand::Relay => roles::relay_role(pool, bus, stop).await?,
                 WorkCommand::Projector => {
                     let redis = voketag_platform::redis::connect(&settings)
                         .await
@@ -194,6 +209,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             worker: WorkCommand::Imports,
         } => {
             telemetry::init("imports-worker", &settings);
+            roles::serve_metrics(&settings).await?;
             let pool = db::connect(&settings)
                 .await
                 .context("connecting to Postgres")?;
@@ -235,6 +251,24 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 TokenCommand::Jwks => println!("{}", serde_json::to_string_pretty(&idp.jwks())?),
             }
             Ok(())
+        }
+        Command::Redrive {
+            subscription,
+            aggregate,
+            list,
+        } => {
+            telemetry::init("redrive", &settings);
+            roles::redrive(
+                &settings,
+                subscription.as_deref(),
+                aggregate.as_deref(),
+                list,
+            )
+            .await
+        }
+        Command::Lag => {
+            telemetry::init("lag", &settings);
+            roles::print_lag(&settings).await
         }
         Command::Bench { bench } => bench::run(settings, bench).await,
     }

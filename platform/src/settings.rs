@@ -40,6 +40,9 @@ pub struct Settings {
     pub factory_addr: SocketAddr,
     pub scan_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Where a worker process (`voketag work …`) serves `/metrics` and `/v1/health`; the
+    /// APIs serve them on their own address. Unset: a worker serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub log_filter: String,
     /// Largest CSV upload accepted, in bytes.
@@ -70,6 +73,7 @@ impl Default for Settings {
             factory_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             scan_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            metrics_addr: None,
             log_format: LogFormat::Json,
             log_filter: "info".into(),
             import_max_bytes: 256 * 1024 * 1024,
