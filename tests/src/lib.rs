@@ -328,3 +328,140 @@ pub fn voketag_binary() -> std::path::PathBuf {
     );
     bin
 }
+
+/// A Redis server of the test's own, to stop and start without touching the shared one.
+pub struct OwnRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl OwnRedis {
+    pub async fn start() -> OwnRedis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("voketag-redis-{port}"));
+        std::fs::create_dir_all(&dir).expect("a directory for Redis");
+        let mut r = OwnRedis {
+            port,
+            dir,
+            child: None,
+        };
+        r.restart().await;
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits until it answers PING.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (deploy/local/services installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if ping(self.port).await {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, as with a
+    /// hung server; [`thaw`](Self::thaw) resumes it with its data.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// Kills the server, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").await.is_ok()
+        && s.read_exact(&mut buf).await.is_ok()
+        && &buf == b"+PONG\r\n"
+}
+
+/// The Pub/Sub emulator's address (Google's `pstest`, served by
+/// `deploy/local/pubsub-emulator`), started unless it answers already (the script is
+/// idempotent).
+pub fn pubsub_emulator() -> &'static str {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/local/pubsub-emulator");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .expect("running deploy/local/pubsub-emulator");
+        assert!(
+            out.status.success(),
+            "deploy/local/pubsub-emulator failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    "http://127.0.0.1:8085"
+}
+
+/// The `voketag` binary with the settings of a test (database, Redis and its prefix), logs
+/// at `warn`.
+pub fn voketag_command(settings: &Settings) -> std::process::Command {
+    let mut c = std::process::Command::new(voketag_binary());
+    c.env("VOKETAG_DATABASE_URL", &settings.database_url)
+        .env("VOKETAG_REDIS_URL", &settings.redis_url)
+        .env("VOKETAG_REDIS_PREFIX", &settings.redis_prefix)
+        .env("VOKETAG_LOG_FILTER", "warn");
+    c
+}

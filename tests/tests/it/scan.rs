@@ -11,7 +11,6 @@ use serde_json::Value;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -23,7 +22,7 @@ use voketag_platform::bus::{Bus, InProcBus, Subscriber};
 use voketag_platform::redis::{RedisPool, connect_url};
 use voketag_projections::{Applied, PgViews, RedisScanModel};
 use voketag_schemas::bus::{EventEnvelope, SCANS_TOPIC, ScanObserved};
-use voketag_tests::{TestDb, redis_url};
+use voketag_tests::{OwnRedis, TestDb, free_port, redis_url};
 
 // ---------------------------------------------------------------------------------------
 // Seeding the read models with events
@@ -266,90 +265,6 @@ fn reasons(body: &Value) -> Vec<&str> {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default()
-}
-
-// ---------------------------------------------------------------------------------------
-// A Redis server of the test's own, to stop and start without touching the shared one
-
-struct OwnRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("voketag-redis-{port}"));
-        std::fs::create_dir_all(&dir).expect("a directory for Redis");
-        let mut r = OwnRedis {
-            port,
-            dir,
-            child: None,
-        };
-        r.restart().await;
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again) on the same port and waits until it answers PING.
-    async fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (deploy/local/services installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if ping(self.port).await {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Kills the server, as a crash would.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn ping(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").await.is_ok()
-        && s.read_exact(&mut buf).await.is_ok()
-        && &buf == b"+PONG\r\n"
 }
 
 /// A pool whose server is not there: connecting is attempted only on use, and fails.
