@@ -155,14 +155,20 @@ pub async fn serve_metrics(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `voketag lag`: prints every consumer's lag.
-pub async fn print_lag(settings: &Settings) -> anyhow::Result<()> {
+/// Postgres and Redis, for a command that needs both.
+async fn connect(settings: &Settings) -> anyhow::Result<(PgPool, RedisPool)> {
     let pool = voketag_platform::db::connect(settings)
         .await
         .context("connecting to Postgres")?;
     let redis = voketag_platform::redis::connect(settings)
         .await
         .context("connecting to Redis")?;
+    Ok((pool, redis))
+}
+
+/// `voketag lag`: prints every consumer's lag.
+pub async fn print_lag(settings: &Settings) -> anyhow::Result<()> {
+    let (pool, redis) = connect(settings).await?;
     let models = models(settings, &pool, redis);
     let lags = measure_lag(&pool, Some(&models), true)
         .await
@@ -192,12 +198,7 @@ pub async fn redrive(
     aggregate: Option<&str>,
     list: bool,
 ) -> anyhow::Result<()> {
-    let pool = voketag_platform::db::connect(settings)
-        .await
-        .context("connecting to Postgres")?;
-    let redis = voketag_platform::redis::connect(settings)
-        .await
-        .context("connecting to Redis")?;
+    let (pool, redis) = connect(settings).await?;
     let aggregate = aggregate
         .map(|a| {
             a.split_once(':').ok_or_else(|| {
@@ -435,12 +436,7 @@ impl System {
 
 /// `voketag replay redis [--verify]`.
 pub async fn replay_redis(settings: &Settings, verify: bool) -> anyhow::Result<()> {
-    let pool = voketag_platform::db::connect(settings)
-        .await
-        .context("connecting to Postgres")?;
-    let redis = voketag_platform::redis::connect(settings)
-        .await
-        .context("connecting to Redis")?;
+    let (pool, redis) = connect(settings).await?;
     let model = RedisScanModel::new(redis, settings.redis_prefix.clone());
     let bar = |total: u64, what: &str| {
         let bar = ProgressBar::new(total);

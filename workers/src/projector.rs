@@ -378,17 +378,7 @@ impl<M: Model> Projector<M> {
                 };
                 if let Err(reason) = result {
                     let mut tx = self.store.begin().await?;
-                    lock_aggregate(&mut tx, subscription, kind, id).await?;
-                    sqlx::query(
-                        "DELETE FROM parked_events
-                          WHERE subscription = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence < $4",
-                    )
-                    .bind(subscription)
-                    .bind(kind)
-                    .bind(id)
-                    .bind(sequence)
-                    .execute(&mut *tx)
-                    .await?;
+                    release(&mut tx, subscription, kind, id, sequence - 1).await?;
                     insert_parked(
                         &mut *tx,
                         subscription,
@@ -417,17 +407,7 @@ impl<M: Model> Projector<M> {
             // Release what was applied. An event parked meanwhile behind the block (with a
             // higher version) stays, and the next round applies it.
             let mut tx = self.store.begin().await?;
-            lock_aggregate(&mut tx, subscription, kind, id).await?;
-            sqlx::query(
-                "DELETE FROM parked_events
-                  WHERE subscription = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence <= $4",
-            )
-            .bind(subscription)
-            .bind(kind)
-            .bind(id)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?;
+            release(&mut tx, subscription, kind, id, through).await?;
             tx.commit().await?;
             tracing::info!(
                 subscription,
@@ -514,6 +494,28 @@ pub struct Redriven {
     pub events: usize,
     /// Aggregates whose events still fail, with the reason.
     pub still_blocked: Vec<(String, String, String)>,
+}
+
+/// Under the aggregate's lock, deletes its parked events up to version `through`.
+async fn release(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    subscription: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    through: i64,
+) -> Result<(), sqlx::Error> {
+    lock_aggregate(tx, subscription, aggregate_type, aggregate_id).await?;
+    sqlx::query(
+        "DELETE FROM parked_events
+          WHERE subscription = $1 AND aggregate_type = $2 AND aggregate_id = $3 AND sequence <= $4",
+    )
+    .bind(subscription)
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(through)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Whether an earlier event of `e`'s aggregate is parked.

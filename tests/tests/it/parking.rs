@@ -114,6 +114,26 @@ async fn command(app: &TestApp, who: &As, path: &str, body: serde_json::Value) {
     assert!(status.is_success(), "{path}: {status} {answer}");
 }
 
+async fn activate(app: &TestApp, who: &As, batch: Uuid) {
+    command(
+        app,
+        who,
+        &format!("/v1/batches/{batch}/activate"),
+        json!({}),
+    )
+    .await;
+}
+
+async fn revoke(app: &TestApp, who: &As, tag: Uuid, reason: &str) {
+    command(
+        app,
+        who,
+        &format!("/v1/tags/{tag}/revoke"),
+        json!({ "reason": reason }),
+    )
+    .await;
+}
+
 fn run(app: &TestApp, args: &[&str]) -> (bool, String) {
     let out = voketag_command(&app.settings)
         .args(args)
@@ -157,7 +177,7 @@ async fn a_poison_event_is_parked_its_aggregate_blocked_and_redrive_releases_it(
     let bad = batch_with_tags(&app, &user, product, "POISON", &bad_tags).await;
     let good = batch_with_tags(&app, &user, product, "GOOD", &good_tags).await;
     for b in [bad, good] {
-        command(&app, &user, &format!("/v1/batches/{b}/activate"), json!({})).await;
+        activate(&app, &user, b).await;
     }
 
     // The good batch goes through; the bad one's creation is parked after its attempts,
@@ -198,13 +218,7 @@ async fn a_poison_event_is_parked_its_aggregate_blocked_and_redrive_releases_it(
     .await;
 
     // A later event of the blocked batch is parked too, never applied out of order.
-    command(
-        &app,
-        &user,
-        &format!("/v1/tags/{}/revoke", bad_tags[1]),
-        json!({"reason": "stolen"}),
-    )
-    .await;
+    revoke(&app, &user, bad_tags[1], "stolen").await;
     until("the revocation parked behind", || async {
         parked(app.pool(), sub).await.len() == 4
     })
@@ -294,28 +308,10 @@ async fn events_parked_by_a_corrupted_redis_key_are_released_by_a_replay() {
     let _: i64 = app.redis.del(&key).await.expect("del");
     let _: i64 = app.redis.rpush(&key, "junk").await.expect("rpush");
 
-    command(
-        &app,
-        &user,
-        &format!("/v1/batches/{bad}/activate"),
-        json!({}),
-    )
-    .await;
-    command(
-        &app,
-        &user,
-        &format!("/v1/tags/{}/revoke", bad_tags[1]),
-        json!({"reason": "stolen"}),
-    )
-    .await;
+    activate(&app, &user, bad).await;
+    revoke(&app, &user, bad_tags[1], "stolen").await;
     let good = batch_with_tags(&app, &user, product, "L-2", &good_tags).await;
-    command(
-        &app,
-        &user,
-        &format!("/v1/batches/{good}/activate"),
-        json!({}),
-    )
-    .await;
+    activate(&app, &user, good).await;
     until("activation and revocation parked", || async {
         parked(app.pool(), sub).await.len() == 2
     })
@@ -407,20 +403,8 @@ async fn a_read_model_that_is_down_is_waited_for_and_redelivered_events_apply_on
     server.freeze();
     let later = tags(3);
     let batch = batch_with_tags(&app, &user, product, "L-2", &later).await;
-    command(
-        &app,
-        &user,
-        &format!("/v1/batches/{batch}/activate"),
-        json!({}),
-    )
-    .await;
-    command(
-        &app,
-        &user,
-        &format!("/v1/tags/{}/revoke", later[2]),
-        json!({"reason": "lost"}),
-    )
-    .await;
+    activate(&app, &user, batch).await;
+    revoke(&app, &user, later[2], "lost").await;
     until("the views have the batch", || async {
         status_in_views(&p.views, later[0]).await.as_deref() == Some("active")
     })
@@ -440,6 +424,14 @@ async fn a_read_model_that_is_down_is_waited_for_and_redelivered_events_apply_on
     assert!(
         parked(app.pool(), sub).await.is_empty(),
         "an outage parks nothing"
+    );
+    // More refusals than the attempts that park a failing event, for every one of the
+    // events committed during the outage, would allow: at least one was delivered again
+    // after more failures than that, and still nothing was parked.
+    let retries = outcomes(sub, "retry");
+    assert!(
+        retries > in_outage * u64::from(voketag_workers::projector::MAX_ATTEMPTS),
+        "{retries} retries for {in_outage} events"
     );
 
     // Every event delivered again: the relay starts over from the beginning of the stream.
