@@ -29,6 +29,8 @@ struct Up {
     ports: (u16, u16, u16),
     child: Option<Child>,
     http: reqwest::Client,
+    /// More settings, e.g. the Pub/Sub bus.
+    env: Vec<(String, String)>,
 }
 
 impl Up {
@@ -48,6 +50,7 @@ impl Up {
             scan: format!("http://127.0.0.1:{}", ports.1),
             ports,
             child: None,
+            env: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -67,7 +70,8 @@ impl Up {
             )
             .env("VOKETAG_SCAN_ADDR", format!("127.0.0.1:{}", self.ports.1))
             .env("VOKETAG_ADMIN_ADDR", format!("127.0.0.1:{}", self.ports.2))
-            .env("VOKETAG_LOG_FILTER", "warn");
+            .env("VOKETAG_LOG_FILTER", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -343,6 +347,61 @@ async fn imported_tags_become_scannable_and_survive_the_loss_of_redis() {
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)
     );
+}
+
+#[tokio::test]
+async fn voketag_up_runs_every_role_over_pubsub() {
+    let endpoint = voketag_tests::pubsub_emulator();
+    let mut up = Up::new(TestDb::new().await);
+    up.env = vec![
+        ("VOKETAG_BUS".into(), "pubsub".into()),
+        ("VOKETAG_PUBSUB_ENDPOINT".into(), endpoint.into()),
+        (
+            "VOKETAG_PUBSUB_PROJECT".into(),
+            format!("vt-test-{}", Uuid::new_v4().simple()),
+        ),
+    ];
+    up.spawn().await;
+    let (_, batch_id, tags) = seeded(&up, 200).await;
+    for tag in tags.iter().step_by(20) {
+        up.scan_until(*tag, "scannable from the cache over Pub/Sub", |a| {
+            a["verdict"] == "authentic" && a["source"] == "cache"
+        })
+        .await;
+    }
+    // The scans went out as observations on the scans topic and came back as events.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE aggregate_type = 'ScanLog' AND aggregate_id = $1",
+        )
+        .bind(batch_id.to_string())
+        .fetch_one(&up.db.pool)
+        .await
+        .expect("scan log");
+        if recorded > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no scan was recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And every consumer catches up with the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lag = up.run(&["lag"]);
+        let out = String::from_utf8_lossy(&lag.stdout).to_string();
+        assert!(lag.status.success(), "{out}");
+        let caught_up = out
+            .lines()
+            .filter(|l| l.starts_with("relay") || l.starts_with("projector-"))
+            .all(|l| l.split_whitespace().nth(1) == Some("0"));
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still behind:\n{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    up.kill();
 }
 
 #[tokio::test]
