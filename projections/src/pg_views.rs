@@ -102,6 +102,34 @@ impl PgViews {
         Ok(Applied::Applied)
     }
 
+    /// Empties every view and forgets every applied version, so that the views can be
+    /// built again from the store (benchmarks and tests rebuild them).
+    pub async fn clear(&self) -> Result<(), ProjectionError> {
+        sqlx::query(
+            "TRUNCATE view_versions, view_products, view_batches, view_tags, view_batch_scan_stats",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The last version of an aggregate applied to the views; 0 when none. For watching
+    /// progress (tests, lag), never for gating.
+    pub async fn applied_version(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<i64, ProjectionError> {
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM view_versions WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(version.unwrap_or(0))
+    }
+
     /// The tag with its batch and product: one indexed query. `None` when the tag is not
     /// issued or its batch or product is not in the views (yet).
     pub async fn lookup(&self, tag_id: Uuid) -> Result<Option<TagView>, ProjectionError> {

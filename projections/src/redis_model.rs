@@ -53,7 +53,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use fred::bytes::Bytes;
 use fred::clients::Pool;
 use fred::error::{Error as RedisError, ErrorKind};
-use fred::interfaces::{KeysInterface, LuaInterface};
+use fred::interfaces::{HashesInterface, KeysInterface, LuaInterface};
 use fred::types::Value;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
@@ -468,6 +468,31 @@ impl RedisScanModel {
             Some(expected) if expected >= 1 => Ok(Applied::Gap { expected }),
             _ => Err(parse_error(format!("apply script answered {reply:?}")).into()),
         }
+    }
+
+    /// The last version of an aggregate applied to this handle's keyspace (the active one
+    /// unless pinned); 0 when none. For watching progress (tests, lag), never for gating:
+    /// `apply` gates atomically, this reads the pointer and the version in two steps.
+    pub async fn applied_version(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<i64, ProjectionError> {
+        let keyspace = match &self.keyspace {
+            Some(ks) => {
+                check_keyspace(ks)?;
+                ks.clone()
+            }
+            None => self.active_keyspace().await?,
+        };
+        let version: Option<i64> = self
+            .pool
+            .hget(
+                format!("{}v", self.keyspace_base(&keyspace)),
+                format!("{aggregate_type}:{aggregate_id}"),
+            )
+            .await?;
+        Ok(version.unwrap_or(0))
     }
 
     /// The scan hot path, one round trip (one `EVALSHA`): reads the tag with its batch and
