@@ -1,6 +1,8 @@
 //! Test harness: each test gets the real factory API on a free port, its own Postgres
 //! database (dropped afterwards) and its own Redis key prefix, so tests run in parallel.
 
+pub mod models;
+
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -327,4 +329,26 @@ pub fn voketag_binary() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Where the Pub/Sub emulator answers (`deploy/local/pubsub-emulator`).
+pub const PUBSUB_ENDPOINT: &str = "http://127.0.0.1:8085";
+
+/// Starts the Pub/Sub emulator unless it answers already (the script is idempotent).
+pub fn pubsub_emulator() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/local/pubsub-emulator");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .expect("running deploy/local/pubsub-emulator");
+        assert!(
+            out.status.success(),
+            "deploy/local/pubsub-emulator failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
 }

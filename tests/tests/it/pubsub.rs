@@ -8,33 +8,16 @@ use std::time::Duration;
 use uuid::Uuid;
 use voketag_platform::bus::pubsub::{PubSubBus, PubSubConfig};
 use voketag_platform::bus::{Bus, Message, Subscriber};
-
-const ENDPOINT: &str = "http://127.0.0.1:8085";
-
-/// Starts the emulator unless it answers already (the script is idempotent).
-fn emulator() {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/local/pubsub-emulator");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("running deploy/local/pubsub-emulator");
-        assert!(
-            out.status.success(),
-            "deploy/local/pubsub-emulator failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
+use voketag_tests::{PUBSUB_ENDPOINT, pubsub_emulator};
 
 async fn bus() -> PubSubBus {
-    emulator();
-    PubSubBus::connect(PubSubConfig::new("voketag-test", Some(ENDPOINT.into())))
-        .await
-        .expect("connecting to the emulator")
+    pubsub_emulator();
+    PubSubBus::connect(PubSubConfig::new(
+        "voketag-test",
+        Some(PUBSUB_ENDPOINT.into()),
+    ))
+    .await
+    .expect("connecting to the emulator")
 }
 
 fn unique(what: &str) -> String {
@@ -147,8 +130,8 @@ async fn pubsub_every_subscription_gets_every_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_bounds_unacknowledged_messages_and_carries_a_thousand() {
-    emulator();
-    let mut config = PubSubConfig::new("voketag-test", Some(ENDPOINT.into()));
+    pubsub_emulator();
+    let mut config = PubSubConfig::new("voketag-test", Some(PUBSUB_ENDPOINT.into()));
     config.max_outstanding = 16;
     let bus = PubSubBus::connect(config).await.unwrap();
     let (topic, subscription) = (unique("events"), unique("projector"));
