@@ -27,6 +27,19 @@ pub fn redis_url() -> String {
     std::env::var("VOKETAG_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A Redis pool for the test's own reads and writes, which may wait: the project's pool gives
+/// up on a command after 500 ms (the scan path wants that), a busy test machine may not
+/// answer that fast, and a test that checks models must not fail for it.
+pub async fn patient_redis() -> RedisPool {
+    use fred::prelude::{Builder, ClientLike, Config};
+    let pool = Builder::from_config(Config::from_url(&redis_url()).expect("a Redis URL"))
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(30))
+        .build_pool(4)
+        .expect("a Redis pool");
+    pool.init().await.expect("connect to Redis");
+    pool
+}
+
 /// A fresh, migrated database that is dropped when this value is.
 pub struct TestDb {
     pub name: String,

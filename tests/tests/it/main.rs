@@ -10,3 +10,4 @@ mod pubsub;
 mod rbac;
 mod relay;
 mod scan;
+mod soak;
