@@ -30,6 +30,9 @@ pub struct Settings {
     pub bus: BusKind,
     pub pubsub_endpoint: Option<String>,
     pub pubsub_project: Option<String>,
+    /// Seconds Pub/Sub waits for an acknowledgement before delivering a message again (also
+    /// what a crashed consumer's messages wait); applied when a subscription is created.
+    pub pubsub_ack_deadline_seconds: u32,
     /// A real identity provider's JWKS; unset means the development identity provider.
     pub jwks_url: Option<String>,
     pub jwt_issuer: String,
@@ -64,6 +67,7 @@ impl Default for Settings {
             bus: BusKind::Inproc,
             pubsub_endpoint: None,
             pubsub_project: None,
+            pubsub_ack_deadline_seconds: 30,
             jwks_url: None,
             jwt_issuer: "voketag-dev".into(),
             jwt_audience: "voketag".into(),
@@ -166,6 +170,15 @@ impl Settings {
         if self.bus == BusKind::Pubsub && self.pubsub_project.is_none() {
             return bad("pubsub_project", "required when VOKETAG_BUS=pubsub".into());
         }
+        if !(10..=600).contains(&self.pubsub_ack_deadline_seconds) {
+            return bad(
+                "pubsub_ack_deadline_seconds",
+                format!(
+                    "{} is not between 10 and 600 (Pub/Sub's limits)",
+                    self.pubsub_ack_deadline_seconds
+                ),
+            );
+        }
         if self.db_max_connections == 0 {
             return bad("db_max_connections", "must be at least 1".into());
         }
@@ -224,5 +237,20 @@ mod tests {
     fn pubsub_needs_a_project() {
         let e = with(&[("bus", "pubsub")]).unwrap_err();
         assert_eq!(e.variable, "VOKETAG_PUBSUB_PROJECT");
+    }
+
+    #[test]
+    fn the_ack_deadline_stays_within_pubsubs_limits() {
+        assert_eq!(with(&[]).unwrap().pubsub_ack_deadline_seconds, 30);
+        assert_eq!(
+            with(&[("pubsub_ack_deadline_seconds", "10")])
+                .unwrap()
+                .pubsub_ack_deadline_seconds,
+            10
+        );
+        for bad in ["9", "601"] {
+            let e = with(&[("pubsub_ack_deadline_seconds", bad)]).unwrap_err();
+            assert_eq!(e.variable, "VOKETAG_PUBSUB_ACK_DEADLINE_SECONDS");
+        }
     }
 }

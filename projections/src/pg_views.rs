@@ -102,6 +102,17 @@ impl PgViews {
         Ok(Applied::Applied)
     }
 
+    /// Empties every view and forgets every applied version, so that the views can be
+    /// built again from the store (benchmarks and tests rebuild them).
+    pub async fn clear(&self) -> Result<(), ProjectionError> {
+        sqlx::query(
+            "TRUNCATE view_versions, view_products, view_batches, view_tags, view_batch_scan_stats",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The tag with its batch and product: one indexed query. `None` when the tag is not
     /// issued or its batch or product is not in the views (yet).
     pub async fn lookup(&self, tag_id: Uuid) -> Result<Option<TagView>, ProjectionError> {

@@ -1,6 +1,8 @@
 //! Test harness: each test gets the real factory API on a free port, its own Postgres
 //! database (dropped afterwards) and its own Redis key prefix, so tests run in parallel.
 
+pub mod models;
+
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -23,6 +25,19 @@ pub fn admin_database_url() -> String {
 
 pub fn redis_url() -> String {
     std::env::var("VOKETAG_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis pool for the test's own reads and writes, which may wait: the project's pool gives
+/// up on a command after 500 ms (the scan path wants that), a busy test machine may not
+/// answer that fast, and a test that checks models must not fail for it.
+pub async fn patient_redis() -> RedisPool {
+    use fred::prelude::{Builder, ClientLike, Config};
+    let pool = Builder::from_config(Config::from_url(&redis_url()).expect("a Redis URL"))
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(30))
+        .build_pool(4)
+        .expect("a Redis pool");
+    pool.init().await.expect("connect to Redis");
+    pool
 }
 
 /// A fresh, migrated database that is dropped when this value is.
@@ -433,6 +448,9 @@ pub async fn ping(port: u16) -> bool {
         && &buf == b"+PONG\r\n"
 }
 
+/// Where the Pub/Sub emulator answers (`deploy/local/pubsub-emulator`).
+pub const PUBSUB_ENDPOINT: &str = "http://127.0.0.1:8085";
+
 /// The Pub/Sub emulator's address (Google's `pstest`, served by
 /// `deploy/local/pubsub-emulator`), started unless it answers already (the script is
 /// idempotent).
@@ -452,7 +470,7 @@ pub fn pubsub_emulator() -> &'static str {
             String::from_utf8_lossy(&out.stderr)
         );
     });
-    "http://127.0.0.1:8085"
+    PUBSUB_ENDPOINT
 }
 
 /// The `voketag` binary with the settings of a test (database, Redis and its prefix), logs

@@ -49,6 +49,13 @@ impl Relay {
         }
     }
 
+    /// The same relay under another checkpoint name: it publishes the whole store again,
+    /// from the start, independently of the others (benchmarks run several over one store).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Publishes until `shutdown` resolves; errors are logged and retried with backoff.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);

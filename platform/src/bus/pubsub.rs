@@ -32,6 +32,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Messages one subscriber holds unacknowledged at most, unless told otherwise.
 pub const DEFAULT_MAX_OUTSTANDING: i64 = 256;
 
+/// Seconds Pub/Sub waits for an acknowledgement before delivering again, unless told otherwise.
+pub const DEFAULT_ACK_DEADLINE_SECONDS: u32 = 30;
+
 /// Where and how to reach Pub/Sub.
 #[derive(Debug, Clone)]
 pub struct PubSubConfig {
@@ -41,6 +44,10 @@ pub struct PubSubConfig {
     pub endpoint: Option<String>,
     /// Bound on unacknowledged messages per subscriber.
     pub max_outstanding: i64,
+    /// The ack deadline of the subscriptions this bus creates (10 to 600 s). It is also how
+    /// long the messages a crashed consumer held wait before they are delivered again; an
+    /// existing subscription keeps the deadline it was created with.
+    pub ack_deadline_seconds: u32,
 }
 
 impl PubSubConfig {
@@ -49,15 +56,19 @@ impl PubSubConfig {
             project: project.into(),
             endpoint,
             max_outstanding: DEFAULT_MAX_OUTSTANDING,
+            ack_deadline_seconds: DEFAULT_ACK_DEADLINE_SECONDS,
         }
     }
 
-    /// From `VOKETAG_PUBSUB_PROJECT` and `VOKETAG_PUBSUB_ENDPOINT`.
+    /// From `VOKETAG_PUBSUB_PROJECT`, `VOKETAG_PUBSUB_ENDPOINT` and
+    /// `VOKETAG_PUBSUB_ACK_DEADLINE_SECONDS`.
     pub fn from_settings(settings: &crate::settings::Settings) -> Result<Self, BusError> {
         let project = settings.pubsub_project.clone().ok_or_else(|| {
             BusError::Refused("VOKETAG_PUBSUB_PROJECT is required with VOKETAG_BUS=pubsub".into())
         })?;
-        Ok(Self::new(project, settings.pubsub_endpoint.clone()))
+        let mut config = Self::new(project, settings.pubsub_endpoint.clone());
+        config.ack_deadline_seconds = settings.pubsub_ack_deadline_seconds;
+        Ok(config)
     }
 }
 
@@ -161,7 +172,9 @@ impl PubSubBus {
             .create_subscription()
             .set_name(&name)
             .set_topic(self.topic_name(topic))
-            .set_ack_deadline_seconds(30)
+            .set_ack_deadline_seconds(
+                i32::try_from(self.inner.config.ack_deadline_seconds).unwrap_or(i32::MAX),
+            )
             .set_enable_message_ordering(true)
             .send()
             .await;

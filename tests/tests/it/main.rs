@@ -11,3 +11,4 @@ mod pubsub;
 mod rbac;
 mod relay;
 mod scan;
+mod soak;

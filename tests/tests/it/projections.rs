@@ -6,9 +6,6 @@
 //! plain fold of the history (the oracle below) says.
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use fred::clients::Pool;
-use fred::interfaces::KeysInterface;
-use fred::types::Value;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::strategy::ValueTree;
@@ -25,10 +22,10 @@ use voketag_domain::product::ProductEvent;
 use voketag_domain::scan::{ScanLogEvent, ScanRecord};
 use voketag_domain::{Gtin, Market};
 use voketag_projections::{
-    Applied, BatchView, FactoryDayStats, PgViews, ProductView, ProjectionError, RedisScanModel,
-    TagView,
+    Applied, BatchView, FactoryDayStats, PgViews, ProductView, RedisScanModel, TagView,
 };
 use voketag_schemas::bus::EventEnvelope;
+use voketag_tests::models::{ReadModel as Model, Snapshot, Subjects, delete_prefix, snapshot};
 use voketag_tests::{TestDb, redis_url};
 
 // ---------------------------------------------------------------------------------------
@@ -115,87 +112,6 @@ fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The two models behind one interface
-
-trait Model {
-    async fn apply(&self, e: &EventEnvelope) -> Result<Applied, ProjectionError>;
-    async fn lookup(&self, tag: Uuid) -> Result<Option<TagView>, ProjectionError>;
-    async fn batch(&self, batch: Uuid) -> Result<Option<BatchView>, ProjectionError>;
-    async fn product(&self, product: Uuid) -> Result<Option<ProductView>, ProjectionError>;
-    /// Per-factory statistics, for the models that keep them.
-    async fn stats(&self, factory: Uuid) -> Result<Vec<FactoryDayStats>, ProjectionError>;
-}
-
-impl Model for RedisScanModel {
-    async fn apply(&self, e: &EventEnvelope) -> Result<Applied, ProjectionError> {
-        RedisScanModel::apply(self, e).await
-    }
-    async fn lookup(&self, tag: Uuid) -> Result<Option<TagView>, ProjectionError> {
-        RedisScanModel::lookup(self, tag).await
-    }
-    async fn batch(&self, batch: Uuid) -> Result<Option<BatchView>, ProjectionError> {
-        RedisScanModel::batch(self, batch).await
-    }
-    async fn product(&self, product: Uuid) -> Result<Option<ProductView>, ProjectionError> {
-        RedisScanModel::product(self, product).await
-    }
-    async fn stats(&self, _factory: Uuid) -> Result<Vec<FactoryDayStats>, ProjectionError> {
-        Ok(vec![])
-    }
-}
-
-impl Model for PgViews {
-    async fn apply(&self, e: &EventEnvelope) -> Result<Applied, ProjectionError> {
-        PgViews::apply(self, e).await
-    }
-    async fn lookup(&self, tag: Uuid) -> Result<Option<TagView>, ProjectionError> {
-        PgViews::lookup(self, tag).await
-    }
-    async fn batch(&self, batch: Uuid) -> Result<Option<BatchView>, ProjectionError> {
-        PgViews::batch(self, batch).await
-    }
-    async fn product(&self, product: Uuid) -> Result<Option<ProductView>, ProjectionError> {
-        PgViews::product(self, product).await
-    }
-    async fn stats(&self, factory: Uuid) -> Result<Vec<FactoryDayStats>, ProjectionError> {
-        self.factory_scan_stats(factory).await
-    }
-}
-
-/// Everything a model answers about a history's tags, batches, products and factories.
-#[derive(Debug, Clone, PartialEq)]
-struct Snapshot {
-    tags: Vec<(Uuid, Option<TagView>)>,
-    batches: Vec<(Uuid, Option<BatchView>)>,
-    products: Vec<(Uuid, Option<ProductView>)>,
-    stats: Vec<FactoryDayStats>,
-}
-
-async fn snapshot<M: Model>(m: &M, h: &History, with_stats: bool) -> Snapshot {
-    let mut s = Snapshot {
-        tags: vec![],
-        batches: vec![],
-        products: vec![],
-        stats: vec![],
-    };
-    for t in &h.tag_ids {
-        s.tags.push((*t, m.lookup(*t).await.expect("lookup")));
-    }
-    for b in &h.batch_ids {
-        s.batches.push((*b, m.batch(*b).await.expect("batch")));
-    }
-    for p in &h.product_ids {
-        s.products.push((*p, m.product(*p).await.expect("product")));
-    }
-    if with_stats {
-        for f in &h.factory_ids {
-            s.stats.extend(m.stats(*f).await.expect("stats"));
-        }
-    }
-    s
-}
-
-// ---------------------------------------------------------------------------------------
 // Random valid histories
 
 /// One step of a history, interpreted against the state so far; a step that the domain
@@ -267,10 +183,7 @@ struct TagState {
 /// A history with what a plain fold of it says every model must answer.
 struct History {
     events: Vec<EventEnvelope>,
-    tag_ids: Vec<Uuid>,
-    batch_ids: Vec<Uuid>,
-    product_ids: Vec<Uuid>,
-    factory_ids: Vec<Uuid>,
+    subjects: Subjects,
     expected: Snapshot,
 }
 
@@ -533,10 +446,12 @@ fn build(ops: &[Op]) -> History {
         .collect();
     History {
         events,
-        tag_ids,
-        batch_ids,
-        product_ids: products,
-        factory_ids: factories.to_vec(),
+        subjects: Subjects {
+            tags: tag_ids,
+            batches: batch_ids,
+            products,
+            factories: factories.to_vec(),
+        },
         expected: Snapshot {
             tags: expected_tags,
             batches: expected_batches,
@@ -655,32 +570,6 @@ fn check(name: &str, got: &Snapshot, want: &Snapshot) -> Result<(), TestCaseErro
     Ok(())
 }
 
-async fn delete_prefix(pool: &Pool, prefix: &str) {
-    let mut cursor = "0".to_string();
-    loop {
-        let page: Value = pool
-            .scan_page(cursor.clone(), format!("{prefix}*"), Some(1000), None)
-            .await
-            .expect("SCAN");
-        let mut parts = page.into_array().into_iter();
-        let next = parts.next().and_then(|c| c.as_string()).expect("a cursor");
-        let keys: Vec<String> = parts
-            .next()
-            .map(|k| k.into_array())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|k| k.as_string())
-            .collect();
-        if !keys.is_empty() {
-            let _: i64 = pool.unlink(keys).await.expect("UNLINK");
-        }
-        if next == "0" {
-            return;
-        }
-        cursor = next;
-    }
-}
-
 #[test]
 fn redis_model_converges_under_duplicated_and_reordered_delivery() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
@@ -705,11 +594,11 @@ fn redis_model_converges_under_duplicated_and_reordered_delivery() {
                     .map_err(TestCaseError::fail)?;
                 let (e, d) = totals.get();
                 totals.set((e + h.events.len(), d + deliveries));
-                let want = snapshot(&sequential, &h, false).await;
+                let want = snapshot(&sequential, &h.subjects, false).await;
                 let mut oracle = h.expected.clone();
                 oracle.stats.clear();
                 check("in order vs the oracle", &want, &oracle)?;
-                let got = snapshot(&delivered, &h, false).await;
+                let got = snapshot(&delivered, &h.subjects, false).await;
                 check("shuffled vs in order", &got, &want)
             }
             .await;
@@ -727,15 +616,6 @@ fn redis_model_converges_under_duplicated_and_reordered_delivery() {
     }
 }
 
-async fn truncate(pool: &sqlx::PgPool) {
-    sqlx::query(
-        "TRUNCATE view_versions, view_products, view_batches, view_tags, view_batch_scan_stats",
-    )
-    .execute(pool)
-    .await
-    .expect("truncate the views");
-}
-
 #[test]
 fn postgres_views_converge_under_duplicated_and_reordered_delivery() {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
@@ -746,8 +626,8 @@ fn postgres_views_converge_under_duplicated_and_reordered_delivery() {
     let totals = std::cell::Cell::new((0usize, 0usize));
     let result = runner(32).run(&history_strategy(), |(ops, seed, dups)| {
         rt.block_on(async {
-            truncate(&seq_db.pool).await;
-            truncate(&dlv_db.pool).await;
+            sequential.clear().await.expect("empty the views");
+            delivered.clear().await.expect("empty the views");
             let h = build(&ops);
             apply_in_order(&sequential, &h.events)
                 .await
@@ -757,9 +637,9 @@ fn postgres_views_converge_under_duplicated_and_reordered_delivery() {
                 .map_err(TestCaseError::fail)?;
             let (e, d) = totals.get();
             totals.set((e + h.events.len(), d + deliveries));
-            let want = snapshot(&sequential, &h, true).await;
+            let want = snapshot(&sequential, &h.subjects, true).await;
             check("in order vs the oracle", &want, &h.expected)?;
-            let got = snapshot(&delivered, &h, true).await;
+            let got = snapshot(&delivered, &h.subjects, true).await;
             check("shuffled vs in order", &got, &want)
         })
     });
