@@ -1,28 +1,129 @@
 //! The event store. Aggregates are loaded with postgres-es (snapshot + later events); new
-//! events are appended by a [`Unit`] of work in one Postgres transaction together with the
-//! aggregate's snapshot, the write side's lookup tables ([`Indexed`]) and whatever else
-//! must commit with them (an idempotency record, an import's completion). postgres-es
-//! commits in a transaction of its own, which cannot carry those; see ADR 0002.
+//! events are appended in one Postgres transaction together with the aggregate's
+//! snapshot, the write side's lookup tables ([`Indexed`]) and whatever else must commit
+//! with them (an idempotency record, an import's completion). postgres-es commits in a
+//! transaction of its own, which cannot carry those; see ADR 0002.
+//!
+//! Two ways to append: a [`Decision`] (one command) sends all its writes as one statement
+//! with writable CTEs, one round trip in an implicit transaction (ADR 0008); a [`Unit`]
+//! keeps an explicit transaction open for work that streams or interleaves its own SQL
+//! (imports, the scan recorder).
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, DomainEvent, EventStore as _};
 use postgres_es::PostgresEventRepository;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
 use voketag_domain::{RuleCode, RuleKind};
 use voketag_schemas::EventMetadata;
 
 /// How an aggregate's events change the write side's lookup tables, in the same
 /// transaction as the events.
+///
+/// The writes of one [`Decision`] run as one statement, where none sees the others'
+/// changes: they must not depend on each other (an insert and an update of the same row).
 pub trait Indexed: Aggregate<Services = ()>
 where
     Self::Error: RuleCode,
 {
-    fn index(
-        conn: &mut PgConnection,
-        aggregate_id: &str,
-        events: &[Self::Event],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    fn index(aggregate_id: &str, events: &[Self::Event]) -> Result<Vec<Write>, CommandError>;
+}
+
+/// One data-modifying SQL statement (INSERT, UPDATE, DELETE without RETURNING) and its
+/// arguments `$1..$n`: run on its own in a [`Unit`], or as one CTE of a [`Decision`]'s
+/// single statement, its placeholders renumbered.
+#[derive(Debug, Clone)]
+pub struct Write {
+    sql: &'static str,
+    args: Vec<Arg>,
+}
+
+/// An argument of a [`Write`].
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Text(String),
+    Uuid(Uuid),
+    BigInt(i64),
+    SmallInt(i16),
+    Jsonb(serde_json::Value),
+    Texts(Vec<String>),
+    BigInts(Vec<i64>),
+    Uuids(Vec<Uuid>),
+}
+
+impl Write {
+    /// `sql` uses `$1..$n` for `args`, in order, and no other `$` (no dollar quoting).
+    pub fn new(sql: &'static str, args: Vec<Arg>) -> Self {
+        Write { sql, args }
+    }
+
+    /// Runs this write alone, e.g. in a [`Unit`]'s transaction.
+    pub async fn run(&self, conn: &mut PgConnection) -> Result<(), CommandError> {
+        bind_all(sqlx::query(self.sql), &self.args)
+            .execute(conn)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+fn bind_all<'q>(
+    mut q: Query<'q, Postgres, PgArguments>,
+    args: &'q [Arg],
+) -> Query<'q, Postgres, PgArguments> {
+    for a in args {
+        q = match a {
+            Arg::Text(v) => q.bind(v),
+            Arg::Uuid(v) => q.bind(v),
+            Arg::BigInt(v) => q.bind(v),
+            Arg::SmallInt(v) => q.bind(v),
+            Arg::Jsonb(v) => q.bind(v),
+            Arg::Texts(v) => q.bind(v),
+            Arg::BigInts(v) => q.bind(v),
+            Arg::Uuids(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// `sql` with every placeholder `$k` written as `$(k + offset)`.
+fn renumber(sql: &str, offset: usize, out: &mut String) {
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Ok(k) = rest[..digits].parse::<usize>() {
+            out.push_str(&(k + offset).to_string());
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+}
+
+/// The writes as one statement: each a data-modifying CTE. The first (the events) is read
+/// by the outer query, so it runs first: a racing writer waits on, and fails with, the
+/// events' primary key before any lookup row, as in a transaction of separate statements.
+fn combine(writes: &[Write]) -> String {
+    let mut sql = String::from("WITH ");
+    let mut offset = 0;
+    for (i, w) in writes.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("w{i} AS ("));
+        renumber(w.sql, offset, &mut sql);
+        if i == 0 {
+            sql.push_str(" RETURNING 1");
+        }
+        sql.push(')');
+        offset += w.args.len();
+    }
+    sql.push_str(" SELECT count(*) FROM w0");
+    sql
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +173,10 @@ fn taken(constraint: &str) -> Option<(&'static str, &'static str)> {
             "a tag with that id was already issued",
         ),
         "api_keys_prefix_key" => ("api_key.prefix_taken", "API key prefix collision; retry"),
+        "idempotency_keys_pkey" => (
+            "idempotency_in_flight",
+            "a request with this Idempotency-Key is being processed; retry",
+        ),
         _ => return None,
     })
 }
@@ -87,7 +192,7 @@ fn missing(constraint: &str) -> Option<&'static str> {
     })
 }
 
-fn classify(e: sqlx::Error) -> CommandError {
+pub(crate) fn classify(e: sqlx::Error) -> CommandError {
     if let sqlx::Error::Database(db) = &e
         && db.code().as_deref() == Some("23503")
         && let Some(message) = db.constraint().and_then(missing)
@@ -114,6 +219,92 @@ fn classify(e: sqlx::Error) -> CommandError {
         }
     }
     CommandError::Database(e)
+}
+
+/// The events of one aggregate as one INSERT, in postgres-es's row layout.
+fn events_write<A: Aggregate>(
+    aggregate_id: &str,
+    first_sequence: u64,
+    events: &[A::Event],
+    metadata: &str,
+) -> Result<Write, CommandError> {
+    let mut sequences = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut versions = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        sequences.push((first_sequence + i as u64) as i64);
+        types.push(e.event_type());
+        versions.push(e.event_version());
+        payloads.push(serde_json::to_string(e).map_err(|e| CommandError::Corrupt(e.to_string()))?);
+    }
+    Ok(Write::new(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT $1, $2, s, t, v, p::json, $7::json
+           FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[]) AS u(s, t, v, p)",
+        vec![
+            Arg::Text(A::TYPE.to_string()),
+            Arg::Text(aggregate_id.to_string()),
+            Arg::BigInts(sequences),
+            Arg::Texts(types),
+            Arg::Texts(versions),
+            Arg::Texts(payloads),
+            Arg::Text(metadata.to_string()),
+        ],
+    ))
+}
+
+/// The aggregate's snapshot as of `version`, one row per aggregate. An aggregate without
+/// earlier events (`first`) has no snapshot yet: a plain INSERT, cheaper than an upsert.
+/// Should one exist after all, so does its first event, and that insert conflicts first.
+fn snapshot_write<A: Aggregate>(
+    aggregate_id: &str,
+    aggregate: &A,
+    version: u64,
+    first: bool,
+) -> Result<Write, CommandError> {
+    let payload =
+        serde_json::to_string(aggregate).map_err(|e| CommandError::Corrupt(e.to_string()))?;
+    let sql = if first {
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         VALUES ($1, $2, $3, 1, $4::json)"
+    } else {
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         VALUES ($1, $2, $3, 1, $4::json)
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+           SET last_sequence = EXCLUDED.last_sequence,
+               current_snapshot = snapshots.current_snapshot + 1,
+               payload = EXCLUDED.payload"
+    };
+    Ok(Write::new(
+        sql,
+        vec![
+            Arg::Text(A::TYPE.to_string()),
+            Arg::Text(aggregate_id.to_string()),
+            Arg::BigInt(version as i64),
+            Arg::Text(payload),
+        ],
+    ))
+}
+
+fn metadata_json(metadata: &EventMetadata) -> Result<String, CommandError> {
+    serde_json::to_string(&metadata.to_map()).map_err(|e| CommandError::Corrupt(e.to_string()))
+}
+
+/// Lets the aggregate decide on `command`; the events it produced, already applied.
+async fn decide_on<A: Aggregate<Services = ()>>(
+    aggregate: &mut A,
+    command: A::Command,
+) -> Result<Vec<A::Event>, CommandError>
+where
+    A::Error: RuleCode,
+{
+    let sink = EventSink::default();
+    aggregate
+        .handle(command, &(), &sink)
+        .await
+        .map_err(CommandError::rule)?;
+    Ok(sink.collect().await)
 }
 
 #[derive(Clone)]
@@ -194,11 +385,7 @@ impl EventStore {
         A: Indexed,
         A::Error: RuleCode,
     {
-        let fresh = Loaded {
-            aggregate: A::default(),
-            version: 0,
-        };
-        self.open(aggregate_id, fresh, metadata).await
+        self.open(aggregate_id, Loaded::fresh(), metadata).await
     }
 
     async fn open<A>(
@@ -212,8 +399,6 @@ impl EventStore {
         A::Error: RuleCode,
     {
         let tx = self.pool.begin().await?;
-        let metadata = serde_json::to_string(&metadata.to_map())
-            .map_err(|e| CommandError::Corrupt(e.to_string()))?;
         Ok(Unit {
             store: self.clone(),
             tx,
@@ -221,11 +406,86 @@ impl EventStore {
             aggregate: loaded.aggregate,
             loaded_version: loaded.version,
             version: loaded.version,
-            metadata,
+            metadata: metadata_json(metadata)?,
         })
     }
 
-    /// Runs one command to completion: load, decide, append, commit.
+    /// Loads the aggregate, checks the expected version and decides on one command; the
+    /// result is written by [`Decision::commit`] in one statement.
+    pub async fn decide<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+        expected_version: Option<u64>,
+    ) -> Result<Decision<A>, CommandError>
+    where
+        A: Indexed,
+        A::Error: RuleCode,
+    {
+        let loaded = self.load::<A>(aggregate_id).await?;
+        self.decide_on_loaded(aggregate_id, loaded, command, metadata, expected_version)
+            .await
+    }
+
+    /// Like [`EventStore::decide`] for an id that was just minted: nothing to load.
+    /// Should the id exist after all, the commit conflicts.
+    pub async fn decide_new<A>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: &EventMetadata,
+    ) -> Result<Decision<A>, CommandError>
+    where
+        A: Indexed,
+        A::Error: RuleCode,
+    {
+        self.decide_on_loaded(aggregate_id, Loaded::fresh(), command, metadata, None)
+            .await
+    }
+
+    async fn decide_on_loaded<A>(
+        &self,
+        aggregate_id: &str,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &EventMetadata,
+        expected_version: Option<u64>,
+    ) -> Result<Decision<A>, CommandError>
+    where
+        A: Indexed,
+        A::Error: RuleCode,
+    {
+        if let Some(v) = expected_version
+            && v != loaded.version
+        {
+            return Err(CommandError::Conflict {
+                current_version: loaded.version,
+            });
+        }
+        let mut aggregate = loaded.aggregate;
+        let events = decide_on(&mut aggregate, command).await?;
+        let mut writes = Vec::new();
+        if !events.is_empty() {
+            writes.push(events_write::<A>(
+                aggregate_id,
+                loaded.version + 1,
+                &events,
+                &metadata_json(metadata)?,
+            )?);
+            writes.extend(A::index(aggregate_id, &events)?);
+        }
+        Ok(Decision {
+            store: self.clone(),
+            aggregate_id: aggregate_id.to_string(),
+            aggregate,
+            version: loaded.version + events.len() as u64,
+            loaded_version: loaded.version,
+            writes,
+        })
+    }
+
+    /// Runs one command to completion: load, decide, append and commit in one statement.
     pub async fn execute<A>(
         &self,
         aggregate_id: &str,
@@ -237,20 +497,87 @@ impl EventStore {
         A: Indexed,
         A::Error: RuleCode,
     {
-        let run = async {
-            let mut unit = self.begin::<A>(aggregate_id, metadata).await?;
-            unit.expect_version(expected_version)?;
-            unit.handle(command).await?;
-            unit.commit().await
-        };
-        match run.await {
-            Ok(done) => Ok(done),
+        match self
+            .decide::<A>(aggregate_id, command, metadata, expected_version)
+            .await
+        {
+            Ok(decision) => decision.commit().await,
             Err(e) => Err(self.resolve::<A>(aggregate_id, e).await),
         }
     }
 }
 
-/// New events of one aggregate, and anything else that must commit with them.
+impl<A: Default> Loaded<A> {
+    fn fresh() -> Self {
+        Loaded {
+            aggregate: A::default(),
+            version: 0,
+        }
+    }
+}
+
+/// One command decided, its events not yet stored: [`Decision::commit`] writes the events,
+/// their lookup rows, the snapshot and any [`Decision::also`] rows in one statement.
+pub struct Decision<A: Aggregate> {
+    store: EventStore,
+    aggregate_id: String,
+    aggregate: A,
+    version: u64,
+    loaded_version: u64,
+    /// The events first (see [`combine`]), then their lookup rows.
+    writes: Vec<Write>,
+}
+
+impl<A> Decision<A>
+where
+    A: Indexed,
+    A::Error: RuleCode,
+{
+    pub fn aggregate(&self) -> &A {
+        &self.aggregate
+    }
+
+    /// The version the aggregate will have once this decision commits.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Another row that must commit with the events (an idempotency record); it must not
+    /// depend on the decision's other writes (see [`Indexed`]).
+    pub fn also(&mut self, write: Write) {
+        self.writes.push(write);
+    }
+
+    /// Stores everything in one statement; returns the aggregate and its new version.
+    pub async fn commit(mut self) -> Result<(A, u64), CommandError> {
+        if self.version != self.loaded_version {
+            let snapshot = snapshot_write(
+                &self.aggregate_id,
+                &self.aggregate,
+                self.version,
+                self.loaded_version == 0,
+            )?;
+            self.writes.push(snapshot);
+        }
+        if self.writes.is_empty() {
+            return Ok((self.aggregate, self.version));
+        }
+        // Without events, what remains is a row to remember (an idempotency record).
+        let sql = combine(&self.writes);
+        let args: Vec<Arg> = self.writes.into_iter().flat_map(|w| w.args).collect();
+        let result = bind_all(sqlx::query(&sql), &args)
+            .execute(&self.store.pool)
+            .await
+            .map_err(classify);
+        match result {
+            Ok(_) => Ok((self.aggregate, self.version)),
+            Err(e) => Err(self.store.resolve::<A>(&self.aggregate_id, e).await),
+        }
+    }
+}
+
+/// New events of one aggregate, and anything else that must commit with them, in an
+/// explicit transaction.
 pub struct Unit<A: Aggregate> {
     store: EventStore,
     tx: Transaction<'static, Postgres>,
@@ -286,45 +613,22 @@ where
 
     /// Decides on `command` and writes the resulting events into the transaction.
     pub async fn handle(&mut self, command: A::Command) -> Result<Vec<A::Event>, CommandError> {
-        let sink = EventSink::default();
         // On refusal the unit must be dropped: `handle` may have applied some events.
-        self.aggregate
-            .handle(command, &(), &sink)
-            .await
-            .map_err(CommandError::rule)?;
-        let events = sink.collect().await;
+        let events = decide_on(&mut self.aggregate, command).await?;
         if events.is_empty() {
             return Ok(events);
         }
-        let mut sequences = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        for (i, e) in events.iter().enumerate() {
-            sequences.push((self.version + 1 + i as u64) as i64);
-            types.push(e.event_type());
-            versions.push(e.event_version());
-            payloads
-                .push(serde_json::to_string(e).map_err(|e| CommandError::Corrupt(e.to_string()))?);
+        events_write::<A>(
+            &self.aggregate_id,
+            self.version + 1,
+            &events,
+            &self.metadata,
+        )?
+        .run(&mut self.tx)
+        .await?;
+        for w in A::index(&self.aggregate_id, &events)? {
+            w.run(&mut self.tx).await?;
         }
-        sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-             SELECT $1, $2, s, t, v, p::json, $7::json
-               FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[]) AS u(s, t, v, p)",
-        )
-        .bind(A::TYPE)
-        .bind(&self.aggregate_id)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&self.metadata)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(classify)?;
-        A::index(&mut self.tx, &self.aggregate_id, &events)
-            .await
-            .map_err(classify)?;
         self.version += events.len() as u64;
         Ok(events)
     }
@@ -337,22 +641,10 @@ where
     /// Stores the snapshot and commits; returns the aggregate and its new version.
     pub async fn commit(mut self) -> Result<(A, u64), CommandError> {
         if self.version != self.loaded_version {
-            let payload = serde_json::to_string(&self.aggregate)
-                .map_err(|e| CommandError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-                 VALUES ($1, $2, $3, 1, $4::json)
-                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-                   SET last_sequence = EXCLUDED.last_sequence,
-                       current_snapshot = snapshots.current_snapshot + 1,
-                       payload = EXCLUDED.payload",
-            )
-            .bind(A::TYPE)
-            .bind(&self.aggregate_id)
-            .bind(self.version as i64)
-            .bind(payload)
-            .execute(&mut *self.tx)
-            .await?;
+            let first = self.loaded_version == 0;
+            snapshot_write(&self.aggregate_id, &self.aggregate, self.version, first)?
+                .run(&mut self.tx)
+                .await?;
         }
         let result = self.tx.commit().await.map_err(classify);
         match result {
@@ -379,5 +671,39 @@ impl EventStore {
             CommandError::Conflict { current_version: 0 } => self.conflict::<A>(aggregate_id).await,
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_renumbered_past_the_earlier_writes_arguments() {
+        let mut out = String::new();
+        renumber("SELECT $1, $2::json, $10, '$', $x", 7, &mut out);
+        assert_eq!(out, "SELECT $8, $9::json, $17, '$', $x");
+    }
+
+    #[test]
+    fn writes_become_one_statement_that_reads_the_first() {
+        let writes = [
+            Write::new(
+                "INSERT INTO a VALUES ($1, $2)",
+                vec![Arg::BigInt(1), Arg::BigInt(2)],
+            ),
+            Write::new("UPDATE b SET x = $1", vec![Arg::BigInt(3)]),
+            Write::new(
+                "INSERT INTO c VALUES ($2, $1)",
+                vec![Arg::BigInt(4), Arg::BigInt(5)],
+            ),
+        ];
+        assert_eq!(
+            combine(&writes),
+            "WITH w0 AS (INSERT INTO a VALUES ($1, $2) RETURNING 1), \
+             w1 AS (UPDATE b SET x = $3), \
+             w2 AS (INSERT INTO c VALUES ($5, $4)) \
+             SELECT count(*) FROM w0"
+        );
     }
 }

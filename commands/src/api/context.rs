@@ -16,7 +16,7 @@ use voketag_schemas::EventMetadata;
 use super::{AppState, db_error};
 use crate::auth::rate_limit::RateDecision;
 use crate::auth::{self, AuthError, AuthMethod, Principal};
-use crate::store::CommandError;
+use crate::store::{Arg, CommandError, Write};
 
 /// An authenticated caller and the request it made.
 pub struct Caller {
@@ -278,33 +278,29 @@ impl Idempotency {
         Ok(Some(response))
     }
 
-    /// Stores the answer in the transaction that commits the command.
+    /// The answer as a row to store with the events the command caused.
+    pub fn write(&self, status: StatusCode, body: serde_json::Value) -> Write {
+        Write::new(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, status, body) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                Arg::Text(self.scope.clone()),
+                Arg::Text(self.key.clone()),
+                Arg::Text(self.request_hash.clone()),
+                Arg::SmallInt(status.as_u16() as i16),
+                Arg::Jsonb(body),
+            ],
+        )
+    }
+
+    /// Stores the answer in the transaction that commits the command. A concurrent request
+    /// with the same key that got there first is `Taken` (`idempotency_in_flight`).
     pub async fn remember(
         &self,
         conn: &mut PgConnection,
         status: StatusCode,
         body: &serde_json::Value,
     ) -> Result<(), CommandError> {
-        let result = sqlx::query(
-            "INSERT INTO idempotency_keys (scope, key, request_hash, status, body) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&self.scope)
-        .bind(&self.key)
-        .bind(&self.request_hash)
-        .bind(status.as_u16() as i16)
-        .bind(body)
-        .execute(conn)
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("idempotency_keys_pkey") => {
-                Err(CommandError::Taken {
-                    code: "idempotency_in_flight",
-                    message: "a request with this Idempotency-Key is being processed; retry".into(),
-                })
-            }
-            Err(e) => Err(CommandError::Database(e)),
-        }
+        self.write(status, body.clone()).run(conn).await
     }
 }
 
@@ -357,7 +353,7 @@ pub(crate) enum Target {
     Existing(Uuid),
 }
 
-/// Runs one command in one transaction with its idempotency record; `respond` builds the
+/// Runs one command in one statement with its idempotency record; `respond` builds the
 /// answer from the new state so that the answer commits with the events.
 pub(crate) async fn decide<A, R>(
     state: &AppState,
@@ -377,21 +373,26 @@ where
         Target::New(id) => (id.to_string(), true),
         Target::Existing(id) => (id.to_string(), false),
     };
+    if new && expected.is_some_and(|v| v != 0) {
+        return Err(command_error(CommandError::Conflict { current_version: 0 }));
+    }
     let run = async {
-        let mut unit = if new {
-            state.store.begin_new::<A>(&id, metadata).await?
+        let mut decision = if new {
+            state.store.decide_new::<A>(&id, command, metadata).await?
         } else {
-            state.store.begin::<A>(&id, metadata).await?
+            state
+                .store
+                .decide::<A>(&id, command, metadata, expected)
+                .await?
         };
-        unit.expect_version(expected)?;
-        unit.handle(command).await?;
-        let body = respond(unit.aggregate(), unit.version());
+        let body = respond(decision.aggregate(), decision.version());
         if let Some((i, status)) = idem {
             let value =
                 serde_json::to_value(&body).map_err(|e| CommandError::Corrupt(e.to_string()))?;
-            i.remember(unit.conn(), status, &value).await?;
+            decision.also(i.write(status, value));
         }
-        let (_, version) = unit.commit().await?;
+        // One statement: events, lookup rows, snapshot and the idempotency answer.
+        let (_, version) = decision.commit().await?;
         Ok::<_, CommandError>((body, version))
     };
     match run.await {
