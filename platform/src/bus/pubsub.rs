@@ -6,7 +6,8 @@
 //! - `publish` returns only once the server acknowledged every message, so the relay's
 //!   checkpoint never passes an event the broker does not hold. The ordering key and the
 //!   attributes are carried as they are.
-//! - Subscribers hold at most `max_outstanding` unanswered deliveries (the SDK's flow
+//! - Each subscriber keeps `streams` streaming pulls open (8 unless told otherwise), which
+//!   together hold at most `max_outstanding` unanswered deliveries (the SDK's flow
 //!   control, which the server enforces, and a semaphore here, since the emulator does
 //!   not); `ack` acknowledges, `nack` (or dropping the delivery) hands the message back
 //!   (a modify-ack-deadline of 0) after a pause that grows with the attempts, as the
@@ -29,6 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// Streaming pulls per subscriber, unless told otherwise.
+pub const DEFAULT_STREAMS: usize = 8;
+
 /// Messages one subscriber holds unacknowledged at most, unless told otherwise.
 pub const DEFAULT_MAX_OUTSTANDING: i64 = 256;
 
@@ -44,6 +48,10 @@ pub struct PubSubConfig {
     pub endpoint: Option<String>,
     /// Bound on unacknowledged messages per subscriber.
     pub max_outstanding: i64,
+    /// Streaming pulls each subscriber keeps open at once, sharing `max_outstanding`. One
+    /// stream caps a subscriber's rate at what a single stream carries (the emulator hands
+    /// a stream about one message every 10 ms).
+    pub streams: usize,
     /// The ack deadline of the subscriptions this bus creates (10 to 600 s). It is also how
     /// long the messages a crashed consumer held wait before they are delivered again; an
     /// existing subscription keeps the deadline it was created with.
@@ -56,6 +64,7 @@ impl PubSubConfig {
             project: project.into(),
             endpoint,
             max_outstanding: DEFAULT_MAX_OUTSTANDING,
+            streams: DEFAULT_STREAMS,
             ack_deadline_seconds: DEFAULT_ACK_DEADLINE_SECONDS,
         }
     }
@@ -251,36 +260,49 @@ impl Bus for PubSubBus {
         self.ensure_topic(topic).await?;
         self.ensure_subscription(topic, subscription).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(pump(
-            self.clone(),
-            topic.to_string(),
-            subscription.to_string(),
+        let bound = usize::try_from(self.inner.config.max_outstanding.max(1))
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        let shared = Shared {
             tx,
-        ));
+            in_flight: Arc::new(tokio::sync::Semaphore::new(bound)),
+            seen: Default::default(),
+        };
+        for _ in 0..self.inner.config.streams.max(1) {
+            tokio::spawn(pump(
+                self.clone(),
+                topic.to_string(),
+                subscription.to_string(),
+                shared.clone(),
+            ));
+        }
         Ok(Subscriber {
             rx: Arc::new(tokio::sync::Mutex::new(rx)),
         })
     }
 }
 
-/// Receives a subscription's messages and hands them out as deliveries until the
-/// `Subscriber` is dropped; reconnects after stream errors, recreating the topic and the
-/// subscription if they are gone (an emulator that restarted has lost them).
-async fn pump(
-    bus: PubSubBus,
-    topic: String,
-    short_name: String,
+/// What the streams of one subscriber share: where deliveries go, the in-flight bound,
+/// and the receptions seen by this process, per message id, while unacknowledged.
+#[derive(Clone)]
+struct Shared {
     tx: mpsc::UnboundedSender<Delivery>,
-) {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    seen: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// One streaming pull: receives a subscription's messages and hands them out as deliveries
+/// until the `Subscriber` is dropped; reconnects after stream errors, recreating the topic
+/// and the subscription if they are gone (an emulator that restarted has lost them).
+async fn pump(bus: PubSubBus, topic: String, short_name: String, shared: Shared) {
+    let Shared {
+        tx,
+        in_flight,
+        seen,
+    } = shared;
     let inner = bus.inner.clone();
     let subscription = bus.subscription_name(&short_name);
     let mut reconnecting = false;
-    // Receptions seen by this process, per message id, while unacknowledged.
-    let seen: Arc<Mutex<HashMap<String, u32>>> = Default::default();
-    let bound = usize::try_from(inner.config.max_outstanding.max(1))
-        .unwrap_or(usize::MAX)
-        .min(tokio::sync::Semaphore::MAX_PERMITS);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(bound));
     let mut backoff = Duration::from_millis(100);
     while !tx.is_closed() {
         if reconnecting {
