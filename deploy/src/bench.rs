@@ -17,6 +17,9 @@
 //! * `voketag bench replay --tags N`: the Redis scan model rebuilt from the event store,
 //!   against N keys written with plain Redis pipelines; Redis bytes per tag.
 //! * `voketag bench lag --events N`: commit → visible in Redis through relay and projector.
+//! * `voketag bench bus --events N`: events/s from the store to both read models over Google
+//!   Pub/Sub (the emulator at `VOKETAG_PUBSUB_ENDPOINT`, default 127.0.0.1:8085) against the
+//!   in-process bus, and against applying the same events directly, without a bus.
 //!
 //! The read-side benchmarks also delete their Redis keys (a prefix of their own) at the end,
 //! and `replay`/`fallback` run a private `redis-server` on a free port, stopped at the end.
@@ -46,16 +49,19 @@ use voketag_commands::store::EventStore;
 use voketag_domain::batch::{Batch, BatchCommand, BatchEvent, IssuedTag, NewBatch};
 use voketag_domain::factory::{Factory, FactoryCommand};
 use voketag_domain::product::{NewProduct, Product, ProductCommand, ProductEvent};
+use voketag_domain::scan::{ScanLog, ScanLogCommand, ScanRecord};
 use voketag_domain::{Gtin, Market};
 use voketag_domain::{MAX_TAGS_PER_EVENT, Role};
+use voketag_platform::bus::pubsub::{PubSubBus, PubSubConfig};
 use voketag_platform::bus::{Bus, InProcBus};
 use voketag_platform::redis::RedisPool;
 use voketag_platform::{Settings, db, redis, telemetry};
 use voketag_projections::{Applied, PgViews, RedisScanModel};
 use voketag_schemas::EventMetadata;
 use voketag_schemas::bus::{EVENTS_TOPIC, EventEnvelope, SCANS_TOPIC};
+use voketag_workers::events::{COLUMNS, StoredEvent};
 use voketag_workers::imports::ImportWorker;
-use voketag_workers::projector::Projector;
+use voketag_workers::projector::{Model, Projector};
 use voketag_workers::relay::Relay;
 
 #[derive(Subcommand)]
@@ -100,6 +106,17 @@ pub enum BenchCommand {
         /// Commands (tag revocations) committed one by one, each waited for in Redis.
         #[arg(long, default_value_t = 2000)]
         events: u64,
+    },
+    /// Events/s from committed in the store to applied in both read models (relay and both
+    /// projectors) over Google Pub/Sub (the emulator) against the in-process bus, and against
+    /// applying the same events in order directly, without a bus.
+    Bus {
+        /// Events in the store, over all aggregates.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Batches the events are spread over (each with its factory, product and scan log).
+        #[arg(long, default_value_t = 100)]
+        batches: u64,
     },
 }
 
@@ -152,6 +169,14 @@ pub async fn run(settings: Settings, bench: BenchCommand) -> anyhow::Result<()> 
         BenchCommand::Scan { load } | BenchCommand::Fallback { load } => load.check()?,
         BenchCommand::Replay { tags } => ensure!(*tags >= 1, "--tags must be at least 1"),
         BenchCommand::Lag { events } => ensure!(*events >= 1, "--events must be at least 1"),
+        BenchCommand::Bus { events, batches } => {
+            ensure!(*batches >= 1, "--batches must be at least 1");
+            ensure!(
+                *events >= 10 * batches,
+                "--events must be at least 10 per batch ({})",
+                10 * batches
+            );
+        }
     }
     let name = format!("voketag_bench_{}", Uuid::new_v4().simple());
     let db_url = settings.database_url_for(&name);
@@ -232,6 +257,7 @@ async fn run_bench(settings: Settings, name: &str, bench: BenchCommand) -> anyho
         BenchCommand::Fallback { load } => fallback(settings, load).await,
         BenchCommand::Replay { tags } => replay(settings, tags).await,
         BenchCommand::Lag { events } => lag(settings, events).await,
+        BenchCommand::Bus { events, batches } => bus(settings, events, batches).await,
     }
 }
 
@@ -2478,6 +2504,352 @@ async fn lag_with(settings: &Settings, pool: &PgPool, events: u64) -> anyhow::Re
             "{} revocations seen in Redis ({:.1} lookups each)",
             lags.latencies.len(),
             polls as f64 / lags.latencies.len().max(1) as f64
+        ),
+    );
+    let _ = redis.quit().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// bench bus
+
+/// How the events of a `bench bus` round reach the read models.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// Read from the store in order and applied to each model by one task: no relay, no bus.
+    Direct,
+    InProc,
+    PubSub,
+}
+
+impl Carrier {
+    fn label(self) -> &'static str {
+        match self {
+            Carrier::Direct => "applied in order, no bus (ceiling)",
+            Carrier::InProc => "in-process bus (baseline)",
+            Carrier::PubSub => "Google Pub/Sub, emulator (ours)",
+        }
+    }
+}
+
+/// The emulator unless `VOKETAG_PUBSUB_ENDPOINT` names another one: the bench creates and
+/// fills topics, and never does so on Google's service.
+const BENCH_PUBSUB_ENDPOINT: &str = "http://127.0.0.1:8085";
+
+async fn bus(settings: Settings, events: u64, batches: u64) -> anyhow::Result<()> {
+    let pool = bench_pool(&settings).await?;
+    let result = bus_with(&settings, &pool, events, batches).await;
+    pool.close().await;
+    result
+}
+
+/// Fills the store with `events` events through the event store: per batch a factory, a
+/// product, the batch created, activated and given 10 tags, then, round-robin over the
+/// batches, units (one transaction) of up to 50 commands alternating between issuing 2
+/// tags and recording 2 scans of the batch's tags.
+async fn seed_bus_events(pool: &PgPool, events: u64, batches: u64) -> anyhow::Result<()> {
+    let catalogs: Vec<Catalog> = (0..batches).map(|_| Catalog::new(10)).collect();
+    let mut written = 0;
+    for c in &catalogs {
+        written += c.store(pool, MAX_TAGS_PER_EVENT).await?;
+    }
+    let store = EventStore::new(pool.clone());
+    let mut issued = vec![10usize; catalogs.len()];
+    let mut scans = vec![0u64; catalogs.len()];
+    let mut round = 0usize;
+    while written < events {
+        let i = round % catalogs.len();
+        let c = &catalogs[i];
+        let n = (events - written).min(50) as usize;
+        let meta = EventMetadata {
+            actor: "system:bench".into(),
+            factory_id: c.factory.to_string(),
+            ..EventMetadata::default()
+        };
+        let id = c.batch.to_string();
+        if (round / catalogs.len()).is_multiple_of(2) {
+            let mut unit = store.begin::<Batch>(&id, &meta).await?;
+            for _ in 0..n {
+                let tags: Vec<IssuedTag> = (0..2)
+                    .map(|k| IssuedTag {
+                        tag_id: Uuid::new_v4(),
+                        serial: Some(Catalog::serial(issued[i] + k)),
+                    })
+                    .collect();
+                issued[i] += 2;
+                written += unit
+                    .handle(BatchCommand::IssueTags {
+                        import_id: None,
+                        tags,
+                    })
+                    .await
+                    .context("issuing tags")?
+                    .len() as u64;
+            }
+            unit.commit().await.context("committing issued tags")?;
+        } else {
+            let mut unit = store.begin::<ScanLog>(&id, &meta).await?;
+            for _ in 0..n {
+                let records = (0..2)
+                    .map(|k| {
+                        scans[i] += 1;
+                        ScanRecord {
+                            scan_id: Uuid::new_v4(),
+                            tag_id: c.tags[(scans[i] as usize + k) % c.tags.len()],
+                            scanned_at: chrono::Utc::now(),
+                            verdict: "authentic".into(),
+                            reasons: vec![],
+                            country: Some("BR".into()),
+                            region: None,
+                            device: None,
+                            scan_number: scans[i],
+                        }
+                    })
+                    .collect();
+                written += unit
+                    .handle(ScanLogCommand::RecordScans { scans: records })
+                    .await
+                    .context("recording scans")?
+                    .len() as u64;
+            }
+            unit.commit().await.context("committing scans")?;
+        }
+        round += 1;
+    }
+    Ok(())
+}
+
+/// The followed aggregates' last versions in the store.
+async fn last_versions(pool: &PgPool) -> anyhow::Result<Vec<(String, String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, max(sequence) FROM events
+          WHERE aggregate_type IN ('Product', 'Batch', 'ScanLog')
+          GROUP BY aggregate_type, aggregate_id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Waits until `version_of` reaches every aggregate's last version; returns when, after
+/// `started`. Versions only grow, so a caught-up aggregate is not asked again, and a pass
+/// stops at the first one still behind: about one read per 2 ms while catching up.
+async fn caught_up<F, Fut>(
+    started: Instant,
+    mut behind: Vec<(String, String, i64)>,
+    version_of: F,
+) -> anyhow::Result<Duration>
+where
+    F: Fn(String, String) -> Fut,
+    Fut: Future<Output = Result<i64, voketag_projections::ProjectionError>>,
+{
+    while let Some((t, id, last)) = behind.last().cloned() {
+        if version_of(t, id).await? >= last {
+            behind.pop();
+            continue;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "a read model is still behind after 10 minutes ({} aggregates)",
+            behind.len()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// One round: fresh read models (a Redis prefix of their own, emptied views), then the
+/// whole store carried to both. Returns the time until Redis, and until the views, had
+/// every event.
+async fn bus_round(
+    settings: &Settings,
+    pool: &PgPool,
+    redis: &RedisPool,
+    carrier: Carrier,
+    round: usize,
+    endpoint: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let model = RedisScanModel::new(
+        redis.clone(),
+        format!("{}bus{round}:", settings.redis_prefix),
+    );
+    let views = PgViews::new(pool.clone());
+    views.clear().await.context("emptying the views")?;
+    let last = last_versions(pool).await?;
+    checkpoint(pool).await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.changed().await;
+    };
+    let mut tasks: Vec<Aborting<anyhow::Result<()>>> = Vec::new();
+    let started;
+    if carrier == Carrier::Direct {
+        let envelopes: Vec<EventEnvelope> = sqlx::query_as::<_, StoredEvent>(&format!(
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type <> 'Factory'
+              ORDER BY tx_id, global_position"
+        ))
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|e| e.into_envelope().map_err(|e| anyhow!(e)))
+        .collect::<anyhow::Result<_>>()?;
+        let envelopes = Arc::new(envelopes);
+        started = Instant::now();
+        let (e, m) = (envelopes.clone(), model.clone());
+        tasks.push(Aborting(tokio::spawn(async move {
+            apply_all(&e, Some(&m), None).await
+        })));
+        let (e, v) = (envelopes, views.clone());
+        tasks.push(Aborting(tokio::spawn(async move {
+            apply_all(&e, None, Some(&v)).await
+        })));
+    } else {
+        let bus: Arc<dyn Bus> = match carrier {
+            Carrier::PubSub => {
+                let project = format!(
+                    "voketag-bench-{}",
+                    &Uuid::new_v4().simple().to_string()[..12]
+                );
+                Arc::new(
+                    PubSubBus::connect(PubSubConfig::new(project, Some(endpoint.to_string())))
+                        .await
+                        .context("connecting to Pub/Sub")?,
+                )
+            }
+            _ => Arc::new(InProcBus::new()),
+        };
+        // Before the relay publishes anything, or the first events would reach nobody.
+        for subscription in [model.subscription(), views.subscription()] {
+            bus.subscribe(EVENTS_TOPIC, subscription).await.with_context(|| {
+                format!("subscribing {subscription} (is the emulator up at {endpoint}? deploy/local/pubsub-emulator starts it)")
+            })?;
+        }
+        started = Instant::now();
+        let redis_projector = Arc::new(Projector::new(model.clone(), pool.clone()));
+        tasks.push(Aborting(tokio::spawn(
+            redis_projector.run(bus.clone(), until(stopped.clone())),
+        )));
+        let views_projector = Arc::new(Projector::new(views.clone(), pool.clone()));
+        tasks.push(Aborting(tokio::spawn(
+            views_projector.run(bus.clone(), until(stopped.clone())),
+        )));
+        let relay = Relay::new(pool.clone(), bus).named(format!("bench-bus-{round}"));
+        let r = stopped.clone();
+        tasks.push(Aborting(tokio::spawn(async move {
+            relay.run(until(r)).await;
+            Ok(())
+        })));
+    }
+    let (in_redis, in_views) = tokio::join!(
+        caught_up(started, last.clone(), |t, id| {
+            let m = model.clone();
+            async move { m.applied_version(&t, &id).await }
+        }),
+        caught_up(started, last, |t, id| {
+            let v = views.clone();
+            async move { v.applied_version(&t, &id).await }
+        }),
+    );
+    let _ = stop.send(true);
+    for mut task in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), &mut task.0).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e.context(format!("{} round", carrier.label()))),
+            Ok(Err(e)) => bail!("{} round: a task failed: {e}", carrier.label()),
+            Err(_) => bail!("{} round: a task did not stop", carrier.label()),
+        }
+    }
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_events")
+        .fetch_one(pool)
+        .await?;
+    ensure!(
+        parked == 0,
+        "{} round: {parked} events parked",
+        carrier.label()
+    );
+    Ok((in_redis?, in_views?))
+}
+
+async fn bus_with(
+    settings: &Settings,
+    pool: &PgPool,
+    events: u64,
+    batches: u64,
+) -> anyhow::Result<()> {
+    let endpoint = settings
+        .pubsub_endpoint
+        .clone()
+        .unwrap_or_else(|| BENCH_PUBSUB_ENDPOINT.to_string());
+    println!(
+        "bus benchmark: {events} events over {batches} batches, committed before the relay starts; time until both read models applied every one (relay + both projectors in this process); Pub/Sub at {endpoint}; runs direct, in-process, Pub/Sub, Pub/Sub, in-process, direct"
+    );
+    let started = Instant::now();
+    seed_bus_events(pool, events, batches).await?;
+    let followed: i64 = last_versions(pool).await?.iter().map(|(_, _, v)| v).sum();
+    line(
+        READ_LABELS,
+        "seeded the event store (not timed)",
+        format_args!(
+            "{events} events ({followed} for the read models) in {:.1} s",
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    let redis = redis::connect(settings)
+        .await
+        .with_context(|| format!("connecting to Redis at {}", settings.redis_url))?;
+    let order = [
+        Carrier::Direct,
+        Carrier::InProc,
+        Carrier::PubSub,
+        Carrier::PubSub,
+        Carrier::InProc,
+        Carrier::Direct,
+    ];
+    let mut runs: Vec<(Carrier, Duration, Duration)> = Vec::new();
+    for (round, carrier) in order.into_iter().enumerate() {
+        let (r, v) = bus_round(settings, pool, &redis, carrier, round, &endpoint).await?;
+        runs.push((carrier, r, v));
+    }
+    // Events/s of a side: every event the read models follow, by the mean time until both
+    // had all of them.
+    let rate = |carrier: Carrier| {
+        let times: Vec<Duration> = runs
+            .iter()
+            .filter(|r| r.0 == carrier)
+            .map(|r| r.1.max(r.2))
+            .collect();
+        let mean = times.iter().sum::<Duration>() / times.len().max(1) as u32;
+        (followed as f64 / mean.as_secs_f64().max(1e-9), times)
+    };
+    for carrier in [Carrier::Direct, Carrier::InProc, Carrier::PubSub] {
+        let (per_s, _) = rate(carrier);
+        let rounds: Vec<String> = runs
+            .iter()
+            .filter(|r| r.0 == carrier)
+            .map(|r| {
+                format!(
+                    "Redis {:.2} s, views {:.2} s",
+                    r.1.as_secs_f64(),
+                    r.2.as_secs_f64()
+                )
+            })
+            .collect();
+        line(
+            READ_LABELS,
+            carrier.label(),
+            format_args!("{per_s:>7.0} events/s  ({})", rounds.join("; ")),
+        );
+    }
+    let (pubsub, _) = rate(Carrier::PubSub);
+    let (inproc, _) = rate(Carrier::InProc);
+    let (direct, _) = rate(Carrier::Direct);
+    line(
+        READ_LABELS,
+        "ratio",
+        format_args!(
+            "Pub/Sub {:.2}× the in-process bus's events/s; {:.2}× applying directly",
+            pubsub / inproc.max(1e-9),
+            pubsub / direct.max(1e-9)
         ),
     );
     let _ = redis.quit().await;
