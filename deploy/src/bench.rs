@@ -2743,11 +2743,23 @@ async fn bus_round(
     let (in_redis, in_views) = tokio::join!(
         caught_up(started, last.clone(), |t, id| {
             let m = model.clone();
-            async move { m.applied_version(&t, &id).await }
+            async move {
+                Ok(m.versions(&[(&t, &id)])
+                    .await?
+                    .first()
+                    .copied()
+                    .unwrap_or(0))
+            }
         }),
         caught_up(started, last, |t, id| {
             let v = views.clone();
-            async move { v.applied_version(&t, &id).await }
+            async move {
+                Ok(v.versions(&[(&t, &id)])
+                    .await?
+                    .first()
+                    .copied()
+                    .unwrap_or(0))
+            }
         }),
     );
     let _ = stop.send(true);
