@@ -51,10 +51,11 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use fred::bytes::Bytes;
+use fred::bytes_utils::Str;
 use fred::clients::Pool;
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::interfaces::{KeysInterface, LuaInterface};
-use fred::types::Value;
+use fred::types::{Key, Value};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -241,7 +242,7 @@ return p
 /// A Lua script and its SHA-1 once the server has it.
 struct Script {
     lua: String,
-    sha: OnceCell<String>,
+    sha: OnceCell<Str>,
 }
 
 impl Script {
@@ -268,6 +269,11 @@ pub struct RedisScanModel {
     /// `None`: the active keyspace, resolved by each script from the pointer key.
     keyspace: Option<String>,
     scripts: Arc<Scripts>,
+    /// Built once: every script call sends them, and the scan path should not allocate
+    /// them per request.
+    pointer: Key,
+    prefix_arg: Value,
+    keyspace_arg: Value,
 }
 
 impl std::fmt::Debug for RedisScanModel {
@@ -284,6 +290,9 @@ impl RedisScanModel {
     pub fn new(pool: Pool, prefix: String) -> Self {
         RedisScanModel {
             pool,
+            pointer: Key::from(format!("{prefix}scan:active")),
+            prefix_arg: Value::from(prefix.clone()),
+            keyspace_arg: Value::from_static_str(""),
             prefix,
             keyspace: None,
             scripts: Arc::new(Scripts {
@@ -301,6 +310,7 @@ impl RedisScanModel {
     pub fn in_keyspace(&self, keyspace: &str) -> RedisScanModel {
         RedisScanModel {
             keyspace: Some(keyspace.to_string()),
+            keyspace_arg: Value::from(keyspace.to_string()),
             ..self.clone()
         }
     }
@@ -376,10 +386,23 @@ impl RedisScanModel {
         let Some(event) = decode(e)? else {
             return Ok(Applied::Ignored);
         };
+        let reply = self
+            .eval(&self.scripts.apply, || self.apply_args(e, &event))
+            .await?;
+        match reply.as_i64() {
+            Some(0) => Ok(Applied::Applied),
+            Some(-1) => Ok(Applied::Duplicate),
+            Some(expected) if expected >= 1 => Ok(Applied::Gap { expected }),
+            _ => Err(parse_error(format!("apply script answered {reply:?}")).into()),
+        }
+    }
+
+    /// The apply script's arguments for `event` (decoded from `e`).
+    fn apply_args(&self, e: &EventEnvelope, event: &ModelEvent) -> Result<Vec<Value>, RedisError> {
         let mut args = self.base_args()?;
         args.push(version_key(e).into());
         args.push(e.sequence.to_string().into());
-        match &event {
+        match event {
             ModelEvent::Product(
                 id,
                 ProductEvent::ProductRegistered {
@@ -461,13 +484,7 @@ impl RedisScanModel {
                 }
             }
         }
-        let reply = self.eval(&self.scripts.apply, args).await?;
-        match reply.as_i64() {
-            Some(0) => Ok(Applied::Applied),
-            Some(-1) => Ok(Applied::Duplicate),
-            Some(expected) if expected >= 1 => Ok(Applied::Gap { expected }),
-            _ => Err(parse_error(format!("apply script answered {reply:?}")).into()),
-        }
+        Ok(args)
     }
 
     /// The scan hot path, one round trip (one `EVALSHA`): reads the tag with its batch and
@@ -495,9 +512,13 @@ impl RedisScanModel {
 
     /// A batch as the model knows it.
     pub async fn batch(&self, batch_id: Uuid) -> Result<Option<BatchView>, ProjectionError> {
-        let mut args = self.base_args()?;
-        push_all(&mut args, ["b", &batch_id.to_string()]);
-        let reply = self.eval(&self.scripts.entity, args).await?;
+        let reply = self
+            .eval(&self.scripts.entity, || {
+                let mut args = self.base_args()?;
+                push_all(&mut args, ["b", &batch_id.to_string()]);
+                Ok(args)
+            })
+            .await?;
         if reply.is_null() {
             return Ok(None);
         }
@@ -507,9 +528,13 @@ impl RedisScanModel {
 
     /// A product as the model knows it.
     pub async fn product(&self, product_id: Uuid) -> Result<Option<ProductView>, ProjectionError> {
-        let mut args = self.base_args()?;
-        push_all(&mut args, ["p", &product_id.to_string()]);
-        let reply = self.eval(&self.scripts.entity, args).await?;
+        let reply = self
+            .eval(&self.scripts.entity, || {
+                let mut args = self.base_args()?;
+                push_all(&mut args, ["p", &product_id.to_string()]);
+                Ok(args)
+            })
+            .await?;
         if reply.is_null() {
             return Ok(None);
         }
@@ -522,11 +547,16 @@ impl RedisScanModel {
         tag_id: Uuid,
         now: String,
     ) -> Result<Option<(TagView, bool)>, ProjectionError> {
-        let mut args = self.base_args()?;
-        args.push(bucket_name(&tag_id).into());
-        args.push(tag_field(&tag_id));
-        args.push(now.into());
-        let reply = self.eval(&self.scripts.tag, args).await?;
+        let now = Value::from(now);
+        let reply = self
+            .eval(&self.scripts.tag, || {
+                let mut args = self.base_args_with(3)?;
+                args.push(bucket_name(&tag_id).into());
+                args.push(tag_field(&tag_id));
+                args.push(now.clone());
+                Ok(args)
+            })
+            .await?;
         if reply.is_null() {
             return Ok(None);
         }
@@ -570,41 +600,52 @@ impl RedisScanModel {
 
     /// ARGV[1] and ARGV[2] of every script.
     fn base_args(&self) -> Result<Vec<Value>, RedisError> {
-        let ks = match &self.keyspace {
-            Some(ks) => {
-                check_keyspace(ks)?;
-                ks.as_str()
-            }
-            None => "",
-        };
-        Ok(vec![self.prefix.as_str().into(), ks.into()])
+        self.base_args_with(8)
     }
 
-    async fn sha(&self, script: &Script) -> Result<String, RedisError> {
+    /// ARGV[1] and ARGV[2], with room for `more`.
+    fn base_args_with(&self, more: usize) -> Result<Vec<Value>, RedisError> {
+        if let Some(ks) = &self.keyspace {
+            check_keyspace(ks)?;
+        }
+        let mut args = Vec::with_capacity(2 + more);
+        args.push(self.prefix_arg.clone());
+        args.push(self.keyspace_arg.clone());
+        Ok(args)
+    }
+
+    async fn sha(&self, script: &Script) -> Result<Str, RedisError> {
         script
             .sha
             .get_or_try_init(|| async {
                 self.pool
                     .script_load::<String, _>(script.lua.as_str())
                     .await
+                    .map(Str::from)
             })
             .await
             .cloned()
     }
 
-    async fn eval(&self, script: &Script, args: Vec<Value>) -> Result<Value, RedisError> {
+    /// Runs `script` with the arguments `args` builds: once, or twice when the server has
+    /// lost the script (building them again is cheaper than keeping a copy of every call's
+    /// arguments for that rare case: an issue of 10,000 tags has 30,000).
+    async fn eval(
+        &self,
+        script: &Script,
+        args: impl Fn() -> Result<Vec<Value>, RedisError>,
+    ) -> Result<Value, RedisError> {
         let sha = self.sha(script).await?;
-        let key = self.pointer_key();
         match self
             .pool
-            .evalsha::<Value, _, _, _>(sha, key.as_str(), args.clone())
+            .evalsha::<Value, _, _, _>(sha, &self.pointer, args()?)
             .await
         {
             // The server lost its script cache (restart, failover, SCRIPT FLUSH): EVAL runs
             // the script and caches it again under the same SHA.
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 self.pool
-                    .eval::<Value, _, _, _>(script.lua.as_str(), key.as_str(), args)
+                    .eval::<Value, _, _, _>(script.lua.as_str(), &self.pointer, args()?)
                     .await
             }
             other => other,
