@@ -145,23 +145,33 @@ elseif op == 'status' then
 elseif op == 'issue' then
   -- triples: bucket, tag (16 bytes), '-' (no serial) or '=' .. serial
   local i = batch_index(ARGV[6])
+  local unscanned = i .. '|0|0'
+  local buckets = base .. 't:'
   for a = 7, #ARGV, 3 do
-    local tk = base .. 't:' .. ARGV[a]
+    local tk = buckets .. ARGV[a]
     local field = ARGV[a + 1]
     local s = ARGV[a + 2]
-    local t = tag_decode(redis.call('HGET', tk, field)) or {c = 0, f = 0, rest = ''}
-    local was_long = t.rest == '|~'
-    t.b = i
+    local rest
     if s == '-' then
-      t.rest = '|'
+      rest = '|'
     elseif #s <= 1 + INLINE_SERIAL then
-      t.rest = '|' .. s
+      rest = '|' .. s
     else
+      rest = '|~'
       redis.call('HSET', base .. 's:' .. ARGV[a], field, string.sub(s, 2))
-      t.rest = '|~'
     end
-    if was_long and t.rest ~= '|~' then redis.call('HDEL', base .. 's:' .. ARGV[a], field) end
-    redis.call('HSET', tk, field, tag_encode(t))
+    -- A tag the model has never seen (every tag of a replay, almost every tag live) is
+    -- one write; one already there (scans recorded first, or issued again) keeps its
+    -- counters.
+    if redis.call('HSETNX', tk, field, unscanned .. rest) == 0 then
+      local t = tag_decode(redis.call('HGET', tk, field)) or {c = 0, f = 0, rest = ''}
+      if t.rest == '|~' and rest ~= '|~' then
+        redis.call('HDEL', base .. 's:' .. ARGV[a], field)
+      end
+      t.b = i
+      t.rest = rest
+      redis.call('HSET', tk, field, tag_encode(t))
+    end
   end
 elseif op == 'revoke' then
   redis.call('HSET', base .. 'r:' .. batch_index(ARGV[6]), ARGV[7], ARGV[8])
