@@ -51,10 +51,11 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use fred::bytes::Bytes;
+use fred::bytes_utils::Str;
 use fred::clients::Pool;
 use fred::error::{Error as RedisError, ErrorKind};
 use fred::interfaces::{KeysInterface, LuaInterface};
-use fred::types::Value;
+use fred::types::{Key, Value};
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -144,23 +145,33 @@ elseif op == 'status' then
 elseif op == 'issue' then
   -- triples: bucket, tag (16 bytes), '-' (no serial) or '=' .. serial
   local i = batch_index(ARGV[6])
+  local unscanned = i .. '|0|0'
+  local buckets = base .. 't:'
   for a = 7, #ARGV, 3 do
-    local tk = base .. 't:' .. ARGV[a]
+    local tk = buckets .. ARGV[a]
     local field = ARGV[a + 1]
     local s = ARGV[a + 2]
-    local t = tag_decode(redis.call('HGET', tk, field)) or {c = 0, f = 0, rest = ''}
-    local was_long = t.rest == '|~'
-    t.b = i
+    local rest
     if s == '-' then
-      t.rest = '|'
+      rest = '|'
     elseif #s <= 1 + INLINE_SERIAL then
-      t.rest = '|' .. s
+      rest = '|' .. s
     else
+      rest = '|~'
       redis.call('HSET', base .. 's:' .. ARGV[a], field, string.sub(s, 2))
-      t.rest = '|~'
     end
-    if was_long and t.rest ~= '|~' then redis.call('HDEL', base .. 's:' .. ARGV[a], field) end
-    redis.call('HSET', tk, field, tag_encode(t))
+    -- A tag the model has never seen (every tag of a replay, almost every tag live) is
+    -- one write; one already there (scans recorded first, or issued again) keeps its
+    -- counters.
+    if redis.call('HSETNX', tk, field, unscanned .. rest) == 0 then
+      local t = tag_decode(redis.call('HGET', tk, field)) or {c = 0, f = 0, rest = ''}
+      if t.rest == '|~' and rest ~= '|~' then
+        redis.call('HDEL', base .. 's:' .. ARGV[a], field)
+      end
+      t.b = i
+      t.rest = rest
+      redis.call('HSET', tk, field, tag_encode(t))
+    end
   end
 elseif op == 'revoke' then
   redis.call('HSET', base .. 'r:' .. batch_index(ARGV[6]), ARGV[7], ARGV[8])
@@ -241,7 +252,7 @@ return p
 /// A Lua script and its SHA-1 once the server has it.
 struct Script {
     lua: String,
-    sha: OnceCell<String>,
+    sha: OnceCell<Str>,
 }
 
 impl Script {
@@ -268,6 +279,11 @@ pub struct RedisScanModel {
     /// `None`: the active keyspace, resolved by each script from the pointer key.
     keyspace: Option<String>,
     scripts: Arc<Scripts>,
+    /// Built once: every script call sends them, and the scan path should not allocate
+    /// them per request.
+    pointer: Key,
+    prefix_arg: Value,
+    keyspace_arg: Value,
 }
 
 impl std::fmt::Debug for RedisScanModel {
@@ -284,6 +300,9 @@ impl RedisScanModel {
     pub fn new(pool: Pool, prefix: String) -> Self {
         RedisScanModel {
             pool,
+            pointer: Key::from(format!("{prefix}scan:active")),
+            prefix_arg: Value::from(prefix.clone()),
+            keyspace_arg: Value::from_static_str(""),
             prefix,
             keyspace: None,
             scripts: Arc::new(Scripts {
@@ -301,6 +320,7 @@ impl RedisScanModel {
     pub fn in_keyspace(&self, keyspace: &str) -> RedisScanModel {
         RedisScanModel {
             keyspace: Some(keyspace.to_string()),
+            keyspace_arg: Value::from(keyspace.to_string()),
             ..self.clone()
         }
     }
@@ -376,10 +396,23 @@ impl RedisScanModel {
         let Some(event) = decode(e)? else {
             return Ok(Applied::Ignored);
         };
+        let reply = self
+            .eval(&self.scripts.apply, || self.apply_args(e, &event))
+            .await?;
+        match reply.as_i64() {
+            Some(0) => Ok(Applied::Applied),
+            Some(-1) => Ok(Applied::Duplicate),
+            Some(expected) if expected >= 1 => Ok(Applied::Gap { expected }),
+            _ => Err(parse_error(format!("apply script answered {reply:?}")).into()),
+        }
+    }
+
+    /// The apply script's arguments for `event` (decoded from `e`).
+    fn apply_args(&self, e: &EventEnvelope, event: &ModelEvent) -> Result<Vec<Value>, RedisError> {
         let mut args = self.base_args()?;
         args.push(version_key(e).into());
         args.push(e.sequence.to_string().into());
-        match &event {
+        match event {
             ModelEvent::Product(
                 id,
                 ProductEvent::ProductRegistered {
@@ -461,13 +494,7 @@ impl RedisScanModel {
                 }
             }
         }
-        let reply = self.eval(&self.scripts.apply, args).await?;
-        match reply.as_i64() {
-            Some(0) => Ok(Applied::Applied),
-            Some(-1) => Ok(Applied::Duplicate),
-            Some(expected) if expected >= 1 => Ok(Applied::Gap { expected }),
-            _ => Err(parse_error(format!("apply script answered {reply:?}")).into()),
-        }
+        Ok(args)
     }
 
     /// The scan hot path, one round trip (one `EVALSHA`): reads the tag with its batch and
@@ -495,9 +522,13 @@ impl RedisScanModel {
 
     /// A batch as the model knows it.
     pub async fn batch(&self, batch_id: Uuid) -> Result<Option<BatchView>, ProjectionError> {
-        let mut args = self.base_args()?;
-        push_all(&mut args, ["b", &batch_id.to_string()]);
-        let reply = self.eval(&self.scripts.entity, args).await?;
+        let reply = self
+            .eval(&self.scripts.entity, || {
+                let mut args = self.base_args()?;
+                push_all(&mut args, ["b", &batch_id.to_string()]);
+                Ok(args)
+            })
+            .await?;
         if reply.is_null() {
             return Ok(None);
         }
@@ -507,9 +538,13 @@ impl RedisScanModel {
 
     /// A product as the model knows it.
     pub async fn product(&self, product_id: Uuid) -> Result<Option<ProductView>, ProjectionError> {
-        let mut args = self.base_args()?;
-        push_all(&mut args, ["p", &product_id.to_string()]);
-        let reply = self.eval(&self.scripts.entity, args).await?;
+        let reply = self
+            .eval(&self.scripts.entity, || {
+                let mut args = self.base_args()?;
+                push_all(&mut args, ["p", &product_id.to_string()]);
+                Ok(args)
+            })
+            .await?;
         if reply.is_null() {
             return Ok(None);
         }
@@ -522,11 +557,16 @@ impl RedisScanModel {
         tag_id: Uuid,
         now: String,
     ) -> Result<Option<(TagView, bool)>, ProjectionError> {
-        let mut args = self.base_args()?;
-        args.push(bucket_name(&tag_id).into());
-        args.push(tag_field(&tag_id));
-        args.push(now.into());
-        let reply = self.eval(&self.scripts.tag, args).await?;
+        let now = Value::from(now);
+        let reply = self
+            .eval(&self.scripts.tag, || {
+                let mut args = self.base_args_with(3)?;
+                args.push(bucket_name(&tag_id).into());
+                args.push(tag_field(&tag_id));
+                args.push(now.clone());
+                Ok(args)
+            })
+            .await?;
         if reply.is_null() {
             return Ok(None);
         }
@@ -570,41 +610,52 @@ impl RedisScanModel {
 
     /// ARGV[1] and ARGV[2] of every script.
     fn base_args(&self) -> Result<Vec<Value>, RedisError> {
-        let ks = match &self.keyspace {
-            Some(ks) => {
-                check_keyspace(ks)?;
-                ks.as_str()
-            }
-            None => "",
-        };
-        Ok(vec![self.prefix.as_str().into(), ks.into()])
+        self.base_args_with(8)
     }
 
-    async fn sha(&self, script: &Script) -> Result<String, RedisError> {
+    /// ARGV[1] and ARGV[2], with room for `more`.
+    fn base_args_with(&self, more: usize) -> Result<Vec<Value>, RedisError> {
+        if let Some(ks) = &self.keyspace {
+            check_keyspace(ks)?;
+        }
+        let mut args = Vec::with_capacity(2 + more);
+        args.push(self.prefix_arg.clone());
+        args.push(self.keyspace_arg.clone());
+        Ok(args)
+    }
+
+    async fn sha(&self, script: &Script) -> Result<Str, RedisError> {
         script
             .sha
             .get_or_try_init(|| async {
                 self.pool
                     .script_load::<String, _>(script.lua.as_str())
                     .await
+                    .map(Str::from)
             })
             .await
             .cloned()
     }
 
-    async fn eval(&self, script: &Script, args: Vec<Value>) -> Result<Value, RedisError> {
+    /// Runs `script` with the arguments `args` builds: once, or twice when the server has
+    /// lost the script (building them again is cheaper than keeping a copy of every call's
+    /// arguments for that rare case: an issue of 10,000 tags has 30,000).
+    async fn eval(
+        &self,
+        script: &Script,
+        args: impl Fn() -> Result<Vec<Value>, RedisError>,
+    ) -> Result<Value, RedisError> {
         let sha = self.sha(script).await?;
-        let key = self.pointer_key();
         match self
             .pool
-            .evalsha::<Value, _, _, _>(sha, key.as_str(), args.clone())
+            .evalsha::<Value, _, _, _>(sha, &self.pointer, args()?)
             .await
         {
             // The server lost its script cache (restart, failover, SCRIPT FLUSH): EVAL runs
             // the script and caches it again under the same SHA.
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 self.pool
-                    .eval::<Value, _, _, _>(script.lua.as_str(), key.as_str(), args)
+                    .eval::<Value, _, _, _>(script.lua.as_str(), &self.pointer, args()?)
                     .await
             }
             other => other,

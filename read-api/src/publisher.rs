@@ -90,7 +90,12 @@ fn message(scan: &ScanObserved, context: Option<RequestContext>) -> serde_json::
         // Scans of one tag stay in order, so scan numbers arrive rising.
         ordering_key: scan.tag_id.to_string(),
         attributes,
-        data: serde_json::to_vec(scan)?,
+        data: {
+            // Room for a whole observation (~450 bytes) from the start.
+            let mut data = Vec::with_capacity(512);
+            serde_json::to_writer(&mut data, scan)?;
+            data
+        },
     })
 }
 

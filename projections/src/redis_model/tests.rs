@@ -582,6 +582,16 @@ async fn long_serials_round_trip_outside_the_tag_value() {
     assert_eq!(serial(long).await.as_deref(), Some("short"));
     let v = m.lookup(long).await.expect("lookup").expect("tag");
     assert_eq!(v.scan_count, 1, "re-issuing keeps the counters");
+    let long_key = format!("{}scan:0:s:{}", ctx.prefix, bucket_name(&long));
+    let kept: i64 = ctx
+        .pool
+        .custom(
+            fred::cmd!("HEXISTS"),
+            vec![Value::from(long_key), tag_field(&long)],
+        )
+        .await
+        .expect("HEXISTS");
+    assert_eq!(kept, 0, "the long serial is deleted, not left behind");
     // The tag bucket stays compact.
     let key = format!("{}scan:0:t:{}", ctx.prefix, bucket_name(&long));
     let encoding: String = ctx
