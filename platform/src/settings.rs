@@ -241,15 +241,16 @@ mod tests {
 
     #[test]
     fn the_ack_deadline_stays_within_pubsubs_limits() {
+        let deadline = |seconds: u32| {
+            Settings::from_figment(
+                Figment::from(Serialized::defaults(Settings::default()))
+                    .merge(Serialized::default("pubsub_ack_deadline_seconds", seconds)),
+            )
+        };
         assert_eq!(with(&[]).unwrap().pubsub_ack_deadline_seconds, 30);
-        assert_eq!(
-            with(&[("pubsub_ack_deadline_seconds", "10")])
-                .unwrap()
-                .pubsub_ack_deadline_seconds,
-            10
-        );
-        for bad in ["9", "601"] {
-            let e = with(&[("pubsub_ack_deadline_seconds", bad)]).unwrap_err();
+        assert_eq!(deadline(10).unwrap().pubsub_ack_deadline_seconds, 10);
+        for bad in [9, 601] {
+            let e = deadline(bad).unwrap_err();
             assert_eq!(e.variable, "VOKETAG_PUBSUB_ACK_DEADLINE_SECONDS");
         }
     }
