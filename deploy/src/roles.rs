@@ -436,7 +436,13 @@ impl System {
 
 /// `voketag replay redis [--verify]`.
 pub async fn replay_redis(settings: &Settings, verify: bool) -> anyhow::Result<()> {
-    let (pool, redis) = connect(settings).await?;
+    let pool = voketag_platform::db::connect(settings)
+        .await
+        .context("connecting to Postgres")?;
+    // Batch work: a script issuing 10,000 tags may outlast the serving pools' 500 ms.
+    let redis = voketag_platform::redis::connect_with(settings, Duration::from_secs(30))
+        .await
+        .context("connecting to Redis")?;
     let model = RedisScanModel::new(redis, settings.redis_prefix.clone());
     let bar = |total: u64, what: &str| {
         let bar = ProgressBar::new(total);
