@@ -72,8 +72,9 @@ async fn pending_from(
 ) -> Result<(u64, Option<DateTime<Utc>>), sqlx::Error> {
     let op = if inclusive { ">=" } else { ">" };
     let (n, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
-        "SELECT count(*), (array_agg(recorded_at ORDER BY tx_id, global_position))[1]
-           FROM events WHERE (tx_id, global_position) {op} ($1::xid8, $2)"
+        "SELECT (SELECT count(*) FROM events WHERE (tx_id, global_position) {op} ($1::xid8, $2)),
+                (SELECT recorded_at FROM events WHERE (tx_id, global_position) {op} ($1::xid8, $2)
+                  ORDER BY tx_id, global_position LIMIT 1)"
     ))
     .bind(tx_id)
     .bind(position)
