@@ -11,13 +11,14 @@
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, DomainEvent, EventStore as _};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore as _};
 use postgres_es::PostgresEventRepository;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 use voketag_domain::{RuleCode, RuleKind};
+use voketag_platform::db::{self, StatementPool};
 use voketag_schemas::EventMetadata;
 
 /// How an aggregate's events change the write side's lookup tables, in the same
@@ -307,9 +308,27 @@ where
     Ok(sink.collect().await)
 }
 
+/// Tries at loading an aggregate when connections turn out closed (see [`EventStore::load`]).
+const LOAD_ATTEMPTS: u32 = 3;
+
+/// What postgres-es reports, as ours: its database errors are sqlx's, boxed.
+fn load_error<T: std::error::Error>(e: AggregateError<T>) -> CommandError {
+    match e {
+        AggregateError::DatabaseConnectionError(e) | AggregateError::UnexpectedError(e) => {
+            match e.downcast::<sqlx::Error>() {
+                Ok(e) => CommandError::Database(*e),
+                Err(e) => CommandError::Corrupt(e.to_string()),
+            }
+        }
+        other => CommandError::Corrupt(other.to_string()),
+    }
+}
+
 #[derive(Clone)]
 pub struct EventStore {
     pool: PgPool,
+    /// For [`Decision::commit`]'s single statement: no round trip to take one back.
+    statements: StatementPool,
 }
 
 /// An aggregate as of its last stored event.
@@ -321,7 +340,10 @@ pub struct Loaded<A> {
 
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
-        EventStore { pool }
+        EventStore {
+            statements: StatementPool::beside(&pool),
+            pool,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -334,14 +356,28 @@ impl EventStore {
     ) -> Result<Loaded<A>, CommandError> {
         let repo = PostgresEventRepository::new(self.pool.clone());
         let store = PersistedEventStore::<_, A>::new_snapshot_store(repo, 1);
-        let context = store
-            .load_aggregate(aggregate_id)
-            .await
-            .map_err(|e| CommandError::Corrupt(e.to_string()))?;
-        Ok(Loaded {
-            aggregate: context.aggregate,
-            version: context.current_sequence as u64,
-        })
+        // A read, so safe to repeat: a connection the server closed while it sat idle in
+        // the pool (a restart, a failover) is dropped by the pool and another one tried.
+        let mut attempt = 1;
+        loop {
+            match store.load_aggregate(aggregate_id).await {
+                Ok(context) => {
+                    return Ok(Loaded {
+                        aggregate: context.aggregate,
+                        version: context.current_sequence as u64,
+                    });
+                }
+                Err(e) => match load_error(e) {
+                    CommandError::Database(e)
+                        if attempt < LOAD_ATTEMPTS && db::is_connection_error(&e) =>
+                    {
+                        tracing::info!(error = %e, "loading an aggregate on a closed connection; trying another");
+                        attempt += 1;
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
     }
 
     /// The current version of an aggregate, read without loading it.
@@ -565,8 +601,10 @@ where
         // Without events, what remains is a row to remember (an idempotency record).
         let sql = combine(&self.writes);
         let args: Vec<Arg> = self.writes.into_iter().flat_map(|w| w.args).collect();
-        let result = bind_all(sqlx::query(&sql), &args)
-            .execute(&self.store.pool)
+        let result = self
+            .store
+            .statements
+            .execute(|| bind_all(sqlx::query(&sql), &args))
             .await
             .map_err(classify);
         match result {

@@ -234,7 +234,10 @@ impl App {
 
 pub(crate) fn db_error(e: sqlx::Error) -> ApiError {
     match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            ApiError::unavailable("the database is unreachable; retry shortly")
+        }
+        e if voketag_platform::db::is_connection_error(&e) => {
             ApiError::unavailable("the database is unreachable; retry shortly")
         }
         other => ApiError::internal(other),

@@ -191,6 +191,137 @@ async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_ve
     assert_eq!(snapshot, 3, "the snapshot follows every commit");
 }
 
+/// A command's statement runs on a connection that went back to its pool without a round
+/// trip. When the server closed that connection while it sat idle (a restart, a failover),
+/// the command still succeeds, on a new connection, and stores its events once.
+#[tokio::test]
+async fn a_command_after_postgres_closed_the_idle_connections_succeeds_once() {
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    let store = voketag_commands::store::EventStore::new(db.pool.clone());
+    let register = |name: &str| {
+        let (store, name) = (store.clone(), name.to_string());
+        async move {
+            let id = Uuid::now_v7().to_string();
+            // A create: nothing to load, the one statement is all (as for every POST that
+            // creates a resource).
+            let decision = store
+                .decide_new::<Factory>(&id, FactoryCommand::RegisterFactory { name }, &meta())
+                .await?;
+            decision.commit().await.map(|(_, version)| (id, version))
+        }
+    };
+    let (first, _) = register("Before").await.expect("the first command");
+    // An administrator's session, the one the server does not close.
+    let mut admin = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("an admin connection");
+    let mut others = async || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .expect("counting connections")
+    };
+    assert!(
+        others().await >= 1,
+        "the statement's connection is kept open for the next one"
+    );
+    let mut admin = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("an admin connection");
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminating the other connections");
+    assert!(
+        !terminated.is_empty() && terminated.iter().all(|t| *t),
+        "{terminated:?}"
+    );
+    let mut remaining = -1;
+    for _ in 0..100 {
+        remaining = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .expect("counting connections");
+        if remaining == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(remaining, 0, "the server closed every other connection");
+
+    let (second, version) = register("After")
+        .await
+        .expect("the command after the connections were closed");
+    assert_eq!(version, 1);
+    // Loading an existing aggregate goes through the sqlx pool, whose idle connections the
+    // server closed too: the load moves on to a working connection and the domain answers.
+    let again = store
+        .execute::<Factory>(
+            &first,
+            FactoryCommand::RegisterFactory {
+                name: "Again".into(),
+            },
+            &meta(),
+            None,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(CommandError::Rule { .. })),
+        "the factory exists already: {again:?}"
+    );
+    for id in [&first, &second] {
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+            .bind(id)
+            .fetch_one(&mut admin)
+            .await
+            .expect("counting events");
+        assert_eq!(events, 1, "factory {id} has exactly one event");
+    }
+}
+
+/// A statement abandoned half-way (its request timed out, its client went away) leaves its
+/// connection in the pool with an answer still to come; the next statement on it gets its
+/// own answer, not that one.
+#[tokio::test]
+async fn a_statement_abandoned_half_way_does_not_leave_its_answer_to_the_next() {
+    let db = TestDb::new().await;
+    let one = db::connect_url(&db.url, 1).await.expect("a pool of one");
+    let statements = db::StatementPool::beside(&one);
+    sqlx::query("CREATE TABLE abandoned (n int)")
+        .execute(&db.pool)
+        .await
+        .expect("creating a table");
+    let slow =
+        statements.execute(|| sqlx::query("INSERT INTO abandoned SELECT 1 FROM pg_sleep(0.4)"));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), slow)
+            .await
+            .is_err(),
+        "the slow statement is abandoned before it answers"
+    );
+    let done = statements
+        .execute(|| sqlx::query("INSERT INTO abandoned VALUES (2), (3)"))
+        .await
+        .expect("the next statement");
+    assert_eq!(done.rows_affected(), 2, "its own answer");
+    let rows: Vec<i32> = sqlx::query_scalar("SELECT n FROM abandoned ORDER BY n")
+        .fetch_all(&db.pool)
+        .await
+        .expect("reading the table");
+    assert_eq!(rows, [1, 2, 3], "the abandoned statement still ran, once");
+    one.close().await;
+}
+
 #[tokio::test]
 async fn migrations_are_safe_to_repeat_and_to_run_concurrently() {
     let db = TestDb::new().await;
