@@ -216,22 +216,10 @@ async fn a_command_after_postgres_closed_the_idle_connections_succeeds_once() {
     let mut admin = sqlx::PgConnection::connect(&db.url)
         .await
         .expect("an admin connection");
-    let mut others = async || {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .expect("counting connections")
-    };
     assert!(
-        others().await >= 1,
+        other_sessions(&mut admin).await >= 1,
         "the statement's connection is kept open for the next one"
     );
-    let mut admin = sqlx::PgConnection::connect(&db.url)
-        .await
-        .expect("an admin connection");
     let terminated: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
           WHERE datname = current_database() AND pid <> pg_backend_pid()",
@@ -243,19 +231,13 @@ async fn a_command_after_postgres_closed_the_idle_connections_succeeds_once() {
         !terminated.is_empty() && terminated.iter().all(|t| *t),
         "{terminated:?}"
     );
-    let mut remaining = -1;
+    let mut remaining = other_sessions(&mut admin).await;
     for _ in 0..100 {
-        remaining = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .expect("counting connections");
         if remaining == 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        remaining = other_sessions(&mut admin).await;
     }
     assert_eq!(remaining, 0, "the server closed every other connection");
 
@@ -287,6 +269,17 @@ async fn a_command_after_postgres_closed_the_idle_connections_succeeds_once() {
             .expect("counting events");
         assert_eq!(events, 1, "factory {id} has exactly one event");
     }
+}
+
+/// Sessions on this database other than `admin`'s own.
+async fn other_sessions(admin: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("counting connections")
 }
 
 /// A statement abandoned half-way (its request timed out, its client went away) leaves its
