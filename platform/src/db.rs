@@ -1,5 +1,6 @@
 //! The Postgres pool and the embedded migrations.
 
+use deadpool::managed::{Object, Pool, PoolError};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgQueryResult};
 use sqlx::query::Query;
 use sqlx::{PgPool, Postgres};
@@ -67,19 +68,18 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 /// Postgres connections for statements that run alone (an implicit transaction each), taken
-/// and given back without a round trip.
+/// and given back without a round trip (ADR 0009).
 ///
 /// sqlx's pool pings every connection it takes back (sqlx 0.8 has no switch for it): one more
-/// round trip and two more wake-ups per statement, which cost the factory API about a fifth
-/// of its command throughput (`bench commands`: 3,836 → 4,912 commands/s on one machine).
-/// Here a connection goes straight back. That is safe for single statements: a statement
-/// whose future was dropped half-way leaves at most unread answers behind, which sqlx reads
-/// and discards before the connection's next statement. A connection that failed with an
-/// I/O or protocol error is dropped instead ([`Statement::broken`]); the next one is opened
-/// fresh. Never open a transaction on one.
+/// round trip and more wake-ups per statement, in this process and in the backend. Here a
+/// connection goes straight back. That is safe for single statements: a statement whose
+/// future was dropped half-way leaves at most unread answers behind, which sqlx reads and
+/// discards before the connection's next statement. A connection that failed with a
+/// connection error ([`is_connection_error`], or anything that is not an answer about the
+/// statement) is dropped instead. Never open a transaction on one.
 #[derive(Clone)]
 pub struct StatementPool {
-    pool: deadpool::managed::Pool<Connector>,
+    pool: Pool<Connector>,
 }
 
 struct Connector {
@@ -104,14 +104,11 @@ impl deadpool::managed::Manager for Connector {
     }
 }
 
-/// A connection of a [`StatementPool`]; goes back to it when dropped.
-pub struct Statement(deadpool::managed::Object<Connector>);
-
 impl StatementPool {
     /// Connections to the database of `pool`, at most as many as it has, opened on first use.
     pub fn beside(pool: &PgPool) -> StatementPool {
         let max = pool.options().get_max_connections().max(1) as usize;
-        let pool = deadpool::managed::Pool::builder(Connector {
+        let pool = Pool::builder(Connector {
             options: (*pool.connect_options()).clone(),
         })
         .max_size(max)
@@ -126,19 +123,6 @@ impl StatementPool {
         }
     }
 
-    /// A connection: an idle one, or a new one while fewer than the maximum are open.
-    pub async fn get(&self) -> Result<Statement, sqlx::Error> {
-        use deadpool::managed::PoolError;
-        match self.pool.get().await {
-            Ok(object) => Ok(Statement(object)),
-            Err(PoolError::Backend(e)) => Err(e),
-            Err(PoolError::Timeout(_)) => Err(sqlx::Error::PoolTimedOut),
-            Err(_) => Err(sqlx::Error::PoolClosed),
-        }
-    }
-}
-
-impl StatementPool {
     /// Runs the statement `query` builds on a pooled connection. When a connection that had
     /// been idle in the pool fails with a connection error (the server closed it meanwhile:
     /// a restart, a failover, an idle timeout), it is dropped and the statement runs once
@@ -149,24 +133,36 @@ impl StatementPool {
     where
         F: Fn() -> Query<'q, Postgres, PgArguments>,
     {
-        let mut conn = self.get().await?;
-        let reused = deadpool::managed::Object::metrics(&conn.0).recycle_count > 0;
-        let error = match query().execute(conn.conn()).await {
-            Ok(done) => return Ok(done),
-            Err(e) => e,
+        match self.run(query()).await {
+            (Err(e), true) if is_connection_error(&e) => {
+                tracing::info!(error = %e, "an idle Postgres connection was closed; running the statement on a new one");
+                self.run(query()).await.0
+            }
+            (result, _) => result,
+        }
+    }
+
+    /// Runs `query` on a connection of the pool, and says whether that connection had been
+    /// used before. Gives the connection back unless it may be unusable.
+    async fn run(
+        &self,
+        query: Query<'_, Postgres, PgArguments>,
+    ) -> (Result<PgQueryResult, sqlx::Error>, bool) {
+        let mut conn = match self.pool.get().await {
+            Ok(conn) => conn,
+            Err(PoolError::Backend(e)) => return (Err(e), false),
+            Err(PoolError::Timeout(_)) => return (Err(sqlx::Error::PoolTimedOut), false),
+            Err(_) => return (Err(sqlx::Error::PoolClosed), false),
         };
-        let retry = reused && is_connection_error(&error);
-        conn.failed(&error);
-        if !retry {
-            return Err(error);
-        }
-        tracing::info!(error = %error, "an idle Postgres connection was closed; running the statement on a new one");
-        let mut conn = self.get().await?;
-        let result = query().execute(conn.conn()).await;
+        let reused = Object::metrics(&conn).recycle_count > 0;
+        let result = query.execute(&mut *conn).await;
         if let Err(e) = &result {
-            conn.failed(e);
+            let answered = matches!(e, sqlx::Error::Database(_)) && !is_connection_error(e);
+            if !answered {
+                drop(Object::take(conn));
+            }
         }
-        result
+        (result, reused)
     }
 }
 
@@ -180,20 +176,5 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
         _ => false,
-    }
-}
-
-impl Statement {
-    pub fn conn(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.0
-    }
-
-    /// After `error`: gives the connection back when the server answered about the
-    /// statement (a constraint, say), drops it when the connection may be unusable.
-    pub fn failed(self, error: &sqlx::Error) {
-        let answered = matches!(error, sqlx::Error::Database(_) | sqlx::Error::RowNotFound);
-        if !answered || is_connection_error(error) {
-            drop(deadpool::managed::Object::take(self.0));
-        }
     }
 }
