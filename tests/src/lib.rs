@@ -327,6 +327,16 @@ pub fn id_of(body: &Value) -> Uuid {
         .unwrap_or_else(|| panic!("no id in {body}"))
 }
 
+/// Where a spawned `voketag` process writes its logs: the test's own stderr when `TEST_LOG`
+/// is set, nowhere otherwise.
+pub fn child_stderr() -> std::process::Stdio {
+    if std::env::var_os("TEST_LOG").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
 /// The path of the `voketag` binary built next to this test binary.
 pub fn voketag_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 use voketag_commands::auth::DevIdp;
 use voketag_domain::Role;
-use voketag_tests::{TestDb, voketag_binary};
+use voketag_tests::{TestDb, child_stderr, voketag_binary};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -79,11 +79,7 @@ impl Up {
         let child = self
             .command(&["up"])
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(child_stderr())
             .spawn()
             .expect("start `voketag up`");
         self.child = Some(child);

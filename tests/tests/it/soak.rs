@@ -28,7 +28,8 @@ use voketag_schemas::EventMetadata;
 use voketag_schemas::bus::EVENTS_TOPIC;
 use voketag_tests::models::{ReadModel, Subjects, delete_prefix, snapshot};
 use voketag_tests::{
-    PUBSUB_ENDPOINT, TestDb, patient_redis, pubsub_emulator, redis_url, voketag_binary,
+    PUBSUB_ENDPOINT, TestDb, child_stderr, patient_redis, pubsub_emulator, redis_url,
+    voketag_binary,
 };
 use voketag_workers::events::{COLUMNS, StoredEvent};
 use voketag_workers::projector::Model;
@@ -107,11 +108,7 @@ impl Fleet {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
+            .stderr(child_stderr())
             .spawn()
             .expect("start `voketag work`");
         self.workers[i].child = Some(child);
