@@ -1,4 +1,9 @@
 //! How each aggregate's events change the write side's lookup tables.
+//!
+//! A row that names a factory or a product writes the id through
+//! `(SELECT … WHERE id = $n)`: NULL, and so refused by the column's NOT NULL
+//! ([`crate::store`] answers "not found"), when it does not exist. A foreign key would
+//! lock the referenced row on every insert (ADR 0010).
 
 use uuid::Uuid;
 use voketag_domain::api_key::{ApiKey, ApiKeyEvent};
@@ -36,7 +41,8 @@ impl Indexed for Product {
                 ProductEvent::ProductRegistered {
                     factory_id, gtin, ..
                 } => writes.push(Write::new(
-                    "INSERT INTO products (product_id, factory_id, gtin) VALUES ($1, $2, $3)",
+                    "INSERT INTO products (product_id, factory_id, gtin)
+                     VALUES ($1, (SELECT factory_id FROM factories WHERE factory_id = $2), $3)",
                     vec![
                         Arg::Uuid(id(aggregate_id)?),
                         Arg::Uuid(*factory_id),
@@ -61,7 +67,9 @@ impl Indexed for Batch {
                     lot,
                     ..
                 } => writes.push(Write::new(
-                    "INSERT INTO batches (batch_id, factory_id, product_id, lot) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO batches (batch_id, factory_id, product_id, lot)
+                     VALUES ($1, (SELECT factory_id FROM factories WHERE factory_id = $2),
+                             (SELECT product_id FROM products WHERE product_id = $3), $4)",
                     vec![
                         Arg::Uuid(batch_id),
                         Arg::Uuid(*factory_id),
@@ -105,7 +113,7 @@ impl Indexed for ApiKey {
                     secret_sha256,
                 } => writes.push(Write::new(
                     "INSERT INTO api_keys (key_id, prefix, factory_id, name, role, secret_sha256)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                     VALUES ($1, $2, (SELECT factory_id FROM factories WHERE factory_id = $3), $4, $5, $6)",
                     vec![
                         Arg::Uuid(key_id),
                         Arg::Text(prefix.clone()),

@@ -123,12 +123,10 @@ pub(crate) async fn list_products(
     } else {
         Some(caller.principal.factory_id)
     };
-    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-        "SELECT p.product_id, s.payload::text, s.last_sequence
-           FROM products p
-           JOIN snapshots s ON s.aggregate_type = 'Product' AND s.aggregate_id = p.product_id::text
-          WHERE ($1::uuid IS NULL OR p.factory_id = $1) AND ($2::uuid IS NULL OR p.product_id > $2)
-          ORDER BY p.product_id
+    let mut ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT product_id FROM products
+          WHERE ($1::uuid IS NULL OR factory_id = $1) AND ($2::uuid IS NULL OR product_id > $2)
+          ORDER BY product_id
           LIMIT $3",
     )
     .bind(factory)
@@ -137,12 +135,19 @@ pub(crate) async fn list_products(
     .fetch_all(&state.pool)
     .await
     .map_err(db_error)?;
-    let more = rows.len() > limit as usize;
-    let mut items = Vec::with_capacity(rows.len());
-    for (id, payload, version) in rows.into_iter().take(limit as usize) {
-        let product: Product = serde_json::from_str(&payload).map_err(ApiError::internal)?;
-        items.extend(dto(id, &product, version as u64));
-    }
+    let more = ids.len() > limit as usize;
+    ids.truncate(limit as usize);
+    let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    let products = state
+        .store
+        .load_many::<Product>(&keys)
+        .await
+        .map_err(command_error)?;
+    let items: Vec<ProductDto> = ids
+        .into_iter()
+        .zip(products)
+        .filter_map(|(id, p)| dto(id, &p.aggregate, p.version))
+        .collect();
     let next_cursor = if more {
         items
             .last()

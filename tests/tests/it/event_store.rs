@@ -3,9 +3,10 @@
 
 use std::process::Command;
 use uuid::Uuid;
-use voketag_commands::store::CommandError;
+use voketag_commands::store::{CommandError, EventStore};
 use voketag_domain::batch::{Batch, BatchCommand};
 use voketag_domain::factory::{Factory, FactoryCommand};
+use voketag_domain::product::{NewProduct, Product, ProductCommand};
 use voketag_platform::db;
 use voketag_schemas::EventMetadata;
 use voketag_tests::{TestDb, voketag_binary};
@@ -24,7 +25,7 @@ fn meta() -> EventMetadata {
 #[tokio::test]
 async fn events_can_be_neither_updated_nor_deleted_nor_truncated() {
     let db = TestDb::new().await;
-    let store = voketag_commands::store::EventStore::new(db.pool.clone());
+    let store = EventStore::new(db.pool.clone());
     let id = Uuid::now_v7().to_string();
     store
         .execute::<Factory>(
@@ -53,7 +54,7 @@ async fn events_can_be_neither_updated_nor_deleted_nor_truncated() {
 #[tokio::test]
 async fn every_event_gets_a_global_position_its_transaction_and_a_timestamp() {
     let db = TestDb::new().await;
-    let store = voketag_commands::store::EventStore::new(db.pool.clone());
+    let store = EventStore::new(db.pool.clone());
     for name in ["A", "B", "C"] {
         store
             .execute::<Factory>(
@@ -90,11 +91,8 @@ async fn every_event_gets_a_global_position_its_transaction_and_a_timestamp() {
     }
 }
 
-#[tokio::test]
-async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_version() {
-    let db = TestDb::new().await;
-    let store = voketag_commands::store::EventStore::new(db.pool.clone());
-    // The lookup tables' foreign keys want a factory and a product first.
+/// A factory, a product of it and a batch of that product (version 1 each).
+async fn factory_product_batch(store: &EventStore) -> (Uuid, Uuid, String) {
     let factory = Uuid::now_v7();
     store
         .execute::<Factory>(
@@ -107,41 +105,45 @@ async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_ve
         .expect("factory");
     let product = Uuid::now_v7();
     store
-        .execute::<voketag_domain::product::Product>(
-            &product.to_string(),
-            voketag_domain::product::ProductCommand::RegisterProduct(
-                voketag_domain::product::NewProduct {
-                    factory_id: factory,
-                    gtin: voketag_domain::Gtin::parse("09506000134352").expect("gtin"),
-                    name: "P".into(),
-                    brand: "B".into(),
-                    description: String::new(),
-                    intended_markets: vec![voketag_domain::Market::parse("BR").expect("market")],
-                },
-            ),
-            &meta(),
-            None,
-        )
+        .execute::<Product>(&product.to_string(), new_product(factory), &meta(), None)
         .await
         .expect("product");
     let batch = Uuid::now_v7().to_string();
     store
-        .execute::<Batch>(
-            &batch,
-            BatchCommand::CreateBatch(voketag_domain::batch::NewBatch {
-                factory_id: factory,
-                product_id: product,
-                product_markets: vec![voketag_domain::Market::parse("BR").expect("market")],
-                lot: "L".into(),
-                production_date: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"),
-                sell_by: None,
-                intended_markets: vec![],
-            }),
-            &meta(),
-            None,
-        )
+        .execute::<Batch>(&batch, new_batch(factory, product), &meta(), None)
         .await
         .expect("batch");
+    (factory, product, batch)
+}
+
+fn new_product(factory_id: Uuid) -> ProductCommand {
+    ProductCommand::RegisterProduct(NewProduct {
+        factory_id,
+        gtin: voketag_domain::Gtin::parse("09506000134352").expect("gtin"),
+        name: "P".into(),
+        brand: "B".into(),
+        description: String::new(),
+        intended_markets: vec![voketag_domain::Market::parse("BR").expect("market")],
+    })
+}
+
+fn new_batch(factory_id: Uuid, product_id: Uuid) -> BatchCommand {
+    BatchCommand::CreateBatch(voketag_domain::batch::NewBatch {
+        factory_id,
+        product_id,
+        product_markets: vec![voketag_domain::Market::parse("BR").expect("market")],
+        lot: "L".into(),
+        production_date: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).expect("date"),
+        sell_by: None,
+        intended_markets: vec![],
+    })
+}
+
+#[tokio::test]
+async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_version() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, _, batch) = factory_product_batch(&store).await;
 
     // Two units load version 1; the first to commit wins.
     let mut first = store.begin::<Batch>(&batch, &meta()).await.expect("first");
@@ -191,6 +193,145 @@ async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_ve
     assert_eq!(snapshot, 3, "the snapshot follows every commit");
 }
 
+/// Lookup rows name their factory and product through a checked value, not a foreign key
+/// (ADR 0010): naming one that does not exist is still refused, with nothing stored, and
+/// what the foreign keys also guaranteed, that those rows stay, is kept by triggers.
+#[tokio::test]
+async fn a_reference_to_a_factory_or_product_that_does_not_exist_stores_nothing() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let (factory, product, _) = factory_product_batch(&store).await;
+    let count = |sql: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .expect(sql)
+        }
+    };
+    let before = count("SELECT count(*) FROM events").await;
+
+    let orphan = Uuid::now_v7().to_string();
+    let err = store
+        .execute::<Product>(&orphan, new_product(Uuid::now_v7()), &meta(), None)
+        .await
+        .expect_err("a product of a factory that does not exist");
+    assert!(
+        matches!(&err, CommandError::Rule { code: "not_found", message, .. } if message == "factory not found"),
+        "{err:?}"
+    );
+    let err = store
+        .execute::<Batch>(&orphan, new_batch(factory, Uuid::now_v7()), &meta(), None)
+        .await
+        .expect_err("a batch of a product that does not exist");
+    assert!(
+        matches!(&err, CommandError::Rule { code: "not_found", message, .. } if message == "product not found"),
+        "{err:?}"
+    );
+    assert_eq!(count("SELECT count(*) FROM events").await, before);
+    assert_eq!(count("SELECT count(*) FROM products").await, 1);
+    assert_eq!(count("SELECT count(*) FROM batches").await, 1);
+
+    for sql in [
+        format!("DELETE FROM factories WHERE factory_id = '{factory}'"),
+        format!("DELETE FROM products WHERE product_id = '{product}'"),
+        "TRUNCATE factories CASCADE".to_string(),
+        "TRUNCATE products CASCADE".to_string(),
+        format!("UPDATE factories SET factory_id = '{}'", Uuid::now_v7()),
+    ] {
+        let e = sqlx::query(&sql).execute(&db.pool).await.expect_err(&sql);
+        assert!(e.to_string().contains("never"), "{sql}: {e}");
+    }
+    assert_eq!(count("SELECT count(*) FROM factories").await, 1);
+    assert_eq!(count("SELECT count(*) FROM products").await, 1);
+}
+
+/// An aggregate of one event (a product, most of what is created) gets no snapshot; from
+/// the second event on, every commit writes one. A page of aggregates loaded in one query
+/// equals loading each, whether from a snapshot, from events only, or from a snapshot
+/// older than the last event.
+#[tokio::test]
+async fn an_aggregate_of_one_event_has_no_snapshot_and_a_page_loads_like_one_by_one() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, product, batch) = factory_product_batch(&store).await;
+    let snapshots = || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT aggregate_type, last_sequence FROM snapshots ORDER BY aggregate_type",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("snapshots")
+    };
+    assert_eq!(
+        snapshots().await,
+        vec![],
+        "one event each: nothing to snapshot"
+    );
+
+    store
+        .execute::<Batch>(&batch, BatchCommand::ActivateBatch, &meta(), None)
+        .await
+        .expect("activate");
+    assert_eq!(snapshots().await, vec![("Batch".to_string(), 2)]);
+    let at_two: String = sqlx::query_scalar("SELECT payload::text FROM snapshots")
+        .fetch_one(&db.pool)
+        .await
+        .expect("payload");
+    store
+        .execute::<Batch>(
+            &batch,
+            BatchCommand::RecallBatch {
+                reason: "contaminated".into(),
+            },
+            &meta(),
+            None,
+        )
+        .await
+        .expect("recall");
+    assert_eq!(snapshots().await, vec![("Batch".to_string(), 3)]);
+
+    let same = |a: &Batch, b: &Batch| {
+        serde_json::to_value(a).expect("a") == serde_json::to_value(b).expect("b")
+    };
+    let one = store.load::<Batch>(&batch).await.expect("load");
+    assert_eq!(one.version, 3);
+    // A snapshot older than the last event: the page folds the event after it.
+    sqlx::query("UPDATE snapshots SET last_sequence = 2, payload = $1::json")
+        .bind(&at_two)
+        .execute(&db.pool)
+        .await
+        .expect("an older snapshot");
+    let missing = Uuid::now_v7().to_string();
+    let page = store
+        .load_many::<Batch>(&[missing.clone(), batch.clone()])
+        .await
+        .expect("page");
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0].version, 0);
+    assert!(page[0].aggregate.state.is_none());
+    assert_eq!(page[1].version, 3);
+    assert!(
+        same(&page[1].aggregate, &one.aggregate),
+        "{:?}",
+        page[1].aggregate
+    );
+
+    let product = product.to_string();
+    let products = store
+        .load_many::<Product>(std::slice::from_ref(&product))
+        .await
+        .expect("products");
+    let alone = store.load::<Product>(&product).await.expect("product");
+    assert_eq!((products[0].version, alone.version), (1, 1));
+    assert_eq!(
+        serde_json::to_value(&products[0].aggregate).expect("page"),
+        serde_json::to_value(&alone.aggregate).expect("alone")
+    );
+    assert!(products[0].aggregate.state.is_some());
+}
+
 /// A command's statement runs on a connection that went back to its pool without a round
 /// trip. When the server closed that connection while it sat idle (a restart, a failover),
 /// the command still succeeds, on a new connection, and stores its events once.
@@ -198,7 +339,7 @@ async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_ve
 async fn a_command_after_postgres_closed_the_idle_connections_succeeds_once() {
     use sqlx::Connection;
     let db = TestDb::new().await;
-    let store = voketag_commands::store::EventStore::new(db.pool.clone());
+    let store = EventStore::new(db.pool.clone());
     let register = |name: &str| {
         let (store, name) = (store.clone(), name.to_string());
         async move {
