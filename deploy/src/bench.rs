@@ -293,6 +293,7 @@ struct Harness {
     url: String,
     pool: PgPool,
     base: String,
+    addr: std::net::SocketAddr,
     token: String,
     factory: Uuid,
     _server: AbortOnDrop,
@@ -350,6 +351,7 @@ impl Harness {
             url: settings.database_url.clone(),
             pool,
             base: format!("http://{addr}"),
+            addr,
             token,
             factory,
             _server: server,
@@ -715,6 +717,69 @@ impl Tally {
     }
 }
 
+/// One keep-alive HTTP/1.1 connection and nothing else: no pool, no URL parsing, no
+/// redirect policy. The commands baseline's client is sqlx on one connection; a load
+/// generator as light as that measures our server, not a general-purpose HTTP client.
+struct LightClient {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    host: http::HeaderValue,
+}
+
+impl LightClient {
+    async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<LightClient> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .context("the HTTP/1.1 handshake")?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a bench connection ended");
+            }
+        });
+        Ok(LightClient {
+            send,
+            host: http::HeaderValue::from_str(&addr.to_string()).context("the host header")?,
+        })
+    }
+
+    /// POSTs `body` as JSON; the status and the whole answer, within 30 s.
+    async fn post_json(
+        &mut self,
+        path: &str,
+        authorization: &http::HeaderValue,
+        body: &Value,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        use http_body_util::BodyExt;
+        let request = http::Request::post(path)
+            .header(http::header::HOST, self.host.clone())
+            .header(http::header::AUTHORIZATION, authorization.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(serde_json::to_vec(
+                body,
+            )?)))
+            .context("building the request")?;
+        let exchange = async {
+            self.send.ready().await.context("the connection")?;
+            let response = self.send.send_request(request).await.context("sending")?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .context("reading the answer")?
+                .to_bytes();
+            Ok::<_, anyhow::Error>((status, body))
+        };
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .context("no answer within 30 s")?
+    }
+}
+
 async fn join_all(mut tasks: JoinSet<anyhow::Result<Tally>>) -> anyhow::Result<Tally> {
     let mut total = Tally::default();
     while let Some(done) = tasks.join_next().await {
@@ -819,18 +884,14 @@ async fn commands_with(
 
     // Ours: POST /v1/products over keep-alive HTTP, one connection per client.
     checkpoint(&h.pool).await;
-    let url = format!("{}/v1/products", h.base);
+    let authorization = http::HeaderValue::from_str(&format!("Bearer {}", h.token))
+        .context("the token as a header")?;
     let window = Window::starting_in(warmup, measured);
     let mut tasks = JoinSet::new();
     for _ in 0..clients {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("building an HTTP client")?;
-        let url = url.clone();
-        let token = h.token.clone();
+        let addr = h.addr;
+        let mut conn = LightClient::connect(addr).await?;
+        let authorization = authorization.clone();
         let gtins = gtins.clone();
         tasks.spawn(async move {
             let mut tally = Tally::default();
@@ -846,17 +907,7 @@ async fn commands_with(
                     "description": "Registered by the commands benchmark.",
                     "intended_markets": ["BR", "US"]
                 });
-                let result = match http.post(&url).bearer_auth(&token).json(&body).send().await {
-                    Ok(r) => {
-                        let status = r.status();
-                        // Read to the end, so the connection is reused.
-                        match r.text().await {
-                            Ok(text) => Ok((status, text)),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
+                let result = conn.post_json("/v1/products", &authorization, &body).await;
                 let finished = Instant::now();
                 let counted = started >= window.from && finished <= window.until;
                 match result {
@@ -865,8 +916,14 @@ async fn commands_with(
                             tally.latencies.push(finished - started);
                         }
                     }
-                    Ok((status, text)) => tally.error(format!("HTTP {status}"), shorten(&text)),
-                    Err(e) => tally.error("request failed".into(), e.to_string()),
+                    Ok((status, text)) => tally.error(
+                        format!("HTTP {status}"),
+                        shorten(&String::from_utf8_lossy(&text)),
+                    ),
+                    Err(e) => {
+                        tally.error("request failed".into(), format!("{e:#}"));
+                        conn = LightClient::connect(addr).await?;
+                    }
                 }
             }
             Ok(tally)
