@@ -406,9 +406,10 @@ impl EventStore {
     }
 
     /// Several aggregates of one type in one query, each from its snapshot (if any) and
-    /// the events after it; in the order of `aggregate_ids`, absent ones as default
-    /// aggregates of version 0. For pages of a list, where a load each would be a round
-    /// trip each.
+    /// the events after it; in the order of `aggregate_ids` (which should be distinct: a
+    /// repeated id is folded once and answered at its first place, as absent after),
+    /// absent ones as default aggregates of version 0. For pages of a list, where a load
+    /// each would be a round trip each.
     pub async fn load_many<A: Aggregate<Services = ()>>(
         &self,
         aggregate_ids: &[String],
@@ -422,7 +423,7 @@ impl EventStore {
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT a.id, s.payload::text, s.last_sequence, e.sequence, e.payload::text
-               FROM UNNEST($2::text[]) AS a(id)
+               FROM (SELECT DISTINCT id FROM UNNEST($2::text[]) AS u(id)) a
                LEFT JOIN snapshots s ON s.aggregate_type = $1 AND s.aggregate_id = a.id
                LEFT JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = a.id
                                  AND e.sequence > coalesce(s.last_sequence, 0)

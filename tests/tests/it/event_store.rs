@@ -305,10 +305,11 @@ async fn an_aggregate_of_one_event_has_no_snapshot_and_a_page_loads_like_one_by_
         .expect("an older snapshot");
     let missing = Uuid::now_v7().to_string();
     let page = store
-        .load_many::<Batch>(&[missing.clone(), batch.clone()])
+        .load_many::<Batch>(&[missing.clone(), batch.clone(), batch.clone()])
         .await
         .expect("page");
-    assert_eq!(page.len(), 2);
+    assert_eq!(page.len(), 3);
+    assert_eq!(page[2].version, 0, "a repeated id is answered once");
     assert_eq!(page[0].version, 0);
     assert!(page[0].aggregate.state.is_none());
     assert_eq!(page[1].version, 3);
