@@ -12,27 +12,22 @@ ALTER TABLE batches DROP CONSTRAINT batches_factory_id_fkey;
 ALTER TABLE batches DROP CONSTRAINT batches_product_id_fkey;
 ALTER TABLE api_keys DROP CONSTRAINT api_keys_factory_id_fkey;
 
+-- Referenced rows stay, and keep their id.
 CREATE FUNCTION lookup_rows_are_permanent() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        RAISE EXCEPTION 'the id of a row of % never changes', TG_TABLE_NAME
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
     RAISE EXCEPTION '% rows are referenced by other lookup rows and never deleted: % is refused',
         TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'integrity_constraint_violation';
 END $$;
-CREATE TRIGGER factories_are_permanent BEFORE DELETE ON factories
+CREATE TRIGGER factories_are_permanent BEFORE DELETE OR UPDATE OF factory_id ON factories
     FOR EACH ROW EXECUTE FUNCTION lookup_rows_are_permanent();
 CREATE TRIGGER factories_are_never_truncated BEFORE TRUNCATE ON factories
     FOR EACH STATEMENT EXECUTE FUNCTION lookup_rows_are_permanent();
-CREATE TRIGGER products_are_permanent BEFORE DELETE ON products
+CREATE TRIGGER products_are_permanent BEFORE DELETE OR UPDATE OF product_id ON products
     FOR EACH ROW EXECUTE FUNCTION lookup_rows_are_permanent();
 CREATE TRIGGER products_are_never_truncated BEFORE TRUNCATE ON products
     FOR EACH STATEMENT EXECUTE FUNCTION lookup_rows_are_permanent();
--- A factory or product id never changes either.
-CREATE FUNCTION lookup_ids_are_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'the id of a row of % never changes', TG_TABLE_NAME
-        USING ERRCODE = 'integrity_constraint_violation';
-END $$;
-CREATE TRIGGER factory_ids_are_fixed BEFORE UPDATE OF factory_id ON factories
-    FOR EACH ROW EXECUTE FUNCTION lookup_ids_are_fixed();
-CREATE TRIGGER product_ids_are_fixed BEFORE UPDATE OF product_id ON products
-    FOR EACH ROW EXECUTE FUNCTION lookup_ids_are_fixed();
