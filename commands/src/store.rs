@@ -697,6 +697,43 @@ where
     }
 }
 
+/// The writes of one decision of a [`Unit`], built but not yet sent.
+pub struct Staged {
+    writes: Vec<Write>,
+    /// How many events they store.
+    events: u64,
+}
+
+/// The events' insert and the aggregate's index writes, for events numbered from
+/// `first_sequence`.
+fn staged_writes<A: Indexed>(
+    aggregate_id: &str,
+    first_sequence: u64,
+    events: &[A::Event],
+    metadata: &str,
+) -> Result<Staged, CommandError>
+where
+    A::Error: RuleCode,
+{
+    if events.is_empty() {
+        return Ok(Staged {
+            writes: Vec::new(),
+            events: 0,
+        });
+    }
+    let mut writes = vec![events_write::<A>(
+        aggregate_id,
+        first_sequence,
+        events,
+        metadata,
+    )?];
+    writes.extend(A::index(aggregate_id, events)?);
+    Ok(Staged {
+        writes,
+        events: events.len() as u64,
+    })
+}
+
 /// New events of one aggregate, and anything else that must commit with them, in an
 /// explicit transaction.
 pub struct Unit<A: Aggregate> {
@@ -736,22 +773,65 @@ where
     pub async fn handle(&mut self, command: A::Command) -> Result<Vec<A::Event>, CommandError> {
         // On refusal the unit must be dropped: `handle` may have applied some events.
         let events = decide_on(&mut self.aggregate, command).await?;
-        if events.is_empty() {
-            return Ok(events);
-        }
-        events_write::<A>(
+        let staged = staged_writes::<A>(
             &self.aggregate_id,
             self.version + 1,
             &events,
             &self.metadata,
-        )?
-        .run(&mut self.tx)
-        .await?;
-        for w in A::index(&self.aggregate_id, &events)? {
+        )?;
+        self.write(staged).await?;
+        Ok(events)
+    }
+
+    /// [`Unit::handle`] for a stream of commands, overlapped: decides on `next` and
+    /// serializes its events on another thread while the writes `previous` staged go to
+    /// Postgres, so that the work of one large command hides behind the storing of the one
+    /// before. Returns what `next` staged: pass it with the following command, and the last
+    /// one to [`Unit::flush`]. On any error the unit must be dropped.
+    pub async fn handle_overlapped(
+        &mut self,
+        previous: Option<Staged>,
+        next: A::Command,
+    ) -> Result<Staged, CommandError>
+    where
+        A: 'static,
+        A::Command: Send,
+        A::Error: Send,
+    {
+        let mut aggregate = std::mem::take(&mut self.aggregate);
+        let aggregate_id = self.aggregate_id.clone();
+        let metadata = self.metadata.clone();
+        let first = self.version + previous.as_ref().map_or(0, |p| p.events) + 1;
+        let decided = tokio::spawn(async move {
+            let staged = match decide_on(&mut aggregate, next).await {
+                Ok(events) => staged_writes::<A>(&aggregate_id, first, &events, &metadata),
+                Err(e) => Err(e),
+            };
+            (aggregate, staged)
+        });
+        let written = match previous {
+            Some(p) => self.write(p).await,
+            None => Ok(()),
+        };
+        let (aggregate, staged) = decided
+            .await
+            .map_err(|e| CommandError::Corrupt(format!("deciding on a command failed: {e}")))?;
+        self.aggregate = aggregate;
+        written?;
+        staged
+    }
+
+    /// Writes what [`Unit::handle_overlapped`] staged last.
+    pub async fn flush(&mut self, staged: Staged) -> Result<(), CommandError> {
+        self.write(staged).await
+    }
+
+    async fn write(&mut self, staged: Staged) -> Result<(), CommandError> {
+        for w in &staged.writes {
             w.run(&mut self.tx).await?;
         }
-        self.version += events.len() as u64;
-        Ok(events)
+        self.version += staged.events;
+        Ok(())
     }
 
     /// The transaction, for writes that must commit with the events.

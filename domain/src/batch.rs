@@ -285,6 +285,12 @@ impl Aggregate for Batch {
                 if tags.is_empty() {
                     return Err(BatchError::NoTags);
                 }
+                if tags.len() <= MAX_TAGS_PER_EVENT {
+                    // The usual case (an import sends one event's worth): no copy.
+                    sink.write(BatchEvent::TagsIssued { import_id, tags }, self)
+                        .await;
+                    return Ok(());
+                }
                 for chunk in tags.chunks(MAX_TAGS_PER_EVENT) {
                     let event = BatchEvent::TagsIssued {
                         import_id,

@@ -14,9 +14,9 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use voketag_commands::import::csv::{RowError, SeenTags, TagCsv, duplicate};
+use voketag_commands::import::csv::{RowError, TagCsv, validate};
 use voketag_commands::import::{MAX_ERRORS_KEPT, NOTIFY_CHANNEL};
-use voketag_commands::store::{CommandError, EventStore};
+use voketag_commands::store::{CommandError, EventStore, Staged};
 use voketag_domain::MAX_TAGS_PER_EVENT;
 use voketag_domain::batch::{Batch, BatchCommand, IssuedTag};
 use voketag_schemas::EventMetadata;
@@ -190,45 +190,53 @@ impl ImportWorker {
         let mut refusal: Option<RowError> = None;
         let mut already_issued = false;
         let mut issued: u64 = 0;
-        // Registered at the end, sorted (see `register`); 16 bytes a tag.
+        // Sorted at the end, to find duplicates inside the file and to be registered
+        // (see `register`); 16 bytes a tag.
         let mut tag_ids: Vec<Uuid> = Vec::new();
+        // The last chunk's writes, staged while the one before was stored.
+        let mut staged: Option<Staged> = None;
         while let Some(chunk) = rx_chunks.recv().await {
+            tag_ids.extend(chunk.iter().map(|t| t.tag_id));
             let Some(u) = unit.as_mut() else { continue };
             let n = chunk.len() as u64;
-            tag_ids.extend(chunk.iter().map(|t| t.tag_id));
-            match u
-                .handle(BatchCommand::IssueTags {
-                    import_id: Some(import_id),
-                    tags: chunk,
-                })
-                .await
-            {
-                Ok(_) => issued += n,
-                Err(CommandError::Taken {
-                    code: "tag.already_issued",
-                    ..
-                }) => {
-                    already_issued = true;
+            let command = BatchCommand::IssueTags {
+                import_id: Some(import_id),
+                tags: chunk,
+            };
+            match stopped(u.handle_overlapped(staged.take(), command).await)? {
+                Ok(next) => {
+                    staged = Some(next);
+                    issued += n;
+                }
+                Err(stop) => {
+                    stop.note(&mut refusal, &mut already_issued);
                     unit = None;
                 }
-                Err(CommandError::Rule { code, message, .. }) => {
-                    refusal = Some(RowError {
-                        line: 0,
-                        column: None,
-                        code: code.to_string(),
-                        message,
-                    });
-                    unit = None;
-                }
-                Err(e) => return Err(e.into()),
             }
         }
-        let report = scan
+        if let (Some(u), Some(last)) = (unit.as_mut(), staged.take())
+            && let Err(stop) = stopped(u.flush(last).await)?
+        {
+            stop.note(&mut refusal, &mut already_issued);
+            unit = None;
+        }
+        let mut report = scan
             .await
             .map_err(|e| ImportError::Reader(e.to_string()))??;
+        // The scan does not look for a tag repeated inside the file: sorted, a repeat sits
+        // next to itself. This costs a sort the registry needs anyway, where a hash set of
+        // every tag seen cost a cache miss a row.
+        tag_ids.sort_unstable();
+        let repeated = tag_ids.windows(2).any(|pair| pair[0] == pair[1]);
+        if report.error_count > 0 || repeated {
+            // A bad file: read it again for the full report, every bad row and every
+            // repeat with the line it repeats, in file order.
+            unit = None;
+            report = self.full_report(import_id).await?;
+        }
         if report.error_count == 0
             && let Some(u) = unit.as_mut()
-            && !register(u.conn(), batch_id, tag_ids).await?
+            && !register(u.conn(), batch_id, &tag_ids).await?
         {
             already_issued = true;
             unit = None;
@@ -284,6 +292,24 @@ impl ImportWorker {
         .await?;
         tx.commit().await?;
         Ok(Outcome::Rejected { error_count })
+    }
+
+    /// Every problem of the file, found by a second pass (`validate`) over the upload.
+    async fn full_report(&self, import_id: Uuid) -> Result<ScanReport, ImportError> {
+        let reader = ChunkReader::spawn(self.pool.clone(), import_id);
+        let failure = reader.failure.clone();
+        let summary =
+            tokio::task::spawn_blocking(move || validate(reader, MAX_ERRORS_KEPT, |_| {}))
+                .await
+                .map_err(|e| ImportError::Reader(e.to_string()))?;
+        if let Ok(Some(e)) = failure.lock().map(|f| f.clone()) {
+            return Err(ImportError::Reader(e));
+        }
+        Ok(ScanReport {
+            rows_read: summary.rows_read,
+            errors: summary.errors,
+            error_count: summary.error_count,
+        })
     }
 
     /// Rows whose tag was issued before this import: a second pass over the file.
@@ -345,33 +371,87 @@ impl ImportWorker {
     }
 }
 
+/// Why issuing stopped, when the batch refused a chunk.
+enum Stop {
+    /// A tag was issued before (the registry's key refused it).
+    AlreadyIssued,
+    /// The batch no longer accepts tags, or the like.
+    Refused(RowError),
+}
+
+impl Stop {
+    fn note(self, refusal: &mut Option<RowError>, already_issued: &mut bool) {
+        match self {
+            Stop::AlreadyIssued => *already_issued = true,
+            Stop::Refused(e) => *refusal = Some(e),
+        }
+    }
+}
+
+/// Sorts the outcome of writing a chunk: done, stopped for a reason the import reports, or
+/// failed (the import is retried).
+fn stopped<T>(result: Result<T, CommandError>) -> Result<Result<T, Stop>, ImportError> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(CommandError::Taken {
+            code: "tag.already_issued",
+            ..
+        }) => Ok(Err(Stop::AlreadyIssued)),
+        Err(CommandError::Rule { code, message, .. }) => Ok(Err(Stop::Refused(RowError {
+            line: 0,
+            column: None,
+            code: code.to_string(),
+            message,
+        }))),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Enters the import's tags in the write side's registry, in one transaction with their
-/// events. Sorted first: a million random UUIDs inserted in key order cost the primary key
-/// index about a third of inserting them in file order. Returns false if a tag was issued
-/// before (the transaction is then aborted).
+/// events, with one binary `COPY`: the table takes the rows a page at a time, where an
+/// `INSERT` writes (and logs) them one by one. `tag_ids` come sorted: a million random
+/// UUIDs entered in key order cost the primary key index about a third of entering them in
+/// file order. Returns false if a tag was issued before (the transaction is then aborted).
 async fn register(
     conn: &mut PgConnection,
     batch_id: Uuid,
-    mut tag_ids: Vec<Uuid>,
+    tag_ids: &[Uuid],
 ) -> Result<bool, ImportError> {
-    tag_ids.sort_unstable();
-    for chunk in tag_ids.chunks(MAX_TAGS_PER_EVENT) {
-        let inserted = sqlx::query(
-            "INSERT INTO tag_registry (tag_id, batch_id) SELECT t, $2 FROM UNNEST($1::uuid[]) AS t",
-        )
-        .bind(chunk)
-        .bind(batch_id)
-        .execute(&mut *conn)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("tag_registry_pkey") => {
-                return Ok(false);
-            }
-            Err(e) => return Err(e.into()),
+    let copied = async {
+        let mut copy = conn
+            .copy_in_raw("COPY tag_registry (tag_id, batch_id) FROM STDIN WITH (FORMAT binary)")
+            .await?;
+        // Signature, flags (no OIDs), header extension length (none).
+        copy.send(&b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"[..])
+            .await?;
+        for chunk in tag_ids.chunks(REGISTRY_COPY_ROWS) {
+            copy.send(registry_rows(chunk, batch_id)).await?;
         }
+        copy.send(&(-1i16).to_be_bytes()[..]).await?;
+        copy.finish().await
     }
-    Ok(true)
+    .await;
+    match copied {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("tag_registry_pkey") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Rows per message of the registry `COPY`: 42 bytes a row, about 1.7 MB a message.
+const REGISTRY_COPY_ROWS: usize = 40_000;
+
+/// Rows of `COPY ... (FORMAT binary)` input: two 16-byte `uuid` fields each.
+fn registry_rows(tag_ids: &[Uuid], batch_id: Uuid) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tag_ids.len() * 42);
+    for tag_id in tag_ids {
+        out.extend_from_slice(&2i16.to_be_bytes());
+        out.extend_from_slice(&16i32.to_be_bytes());
+        out.extend_from_slice(tag_id.as_bytes());
+        out.extend_from_slice(&16i32.to_be_bytes());
+        out.extend_from_slice(batch_id.as_bytes());
+    }
+    out
 }
 
 async fn finish(
@@ -411,7 +491,7 @@ struct ScanReport {
 }
 
 /// Reads every row (blocking), sends valid tags in chunks while the file is clean so far,
-/// and collects every error.
+/// and counts the bad rows. Repeats are found by the caller, after the scan.
 fn scan(
     reader: ChunkReader,
     chunks: mpsc::Sender<Vec<IssuedTag>>,
@@ -434,7 +514,6 @@ fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> ScanR
             return found.report(0);
         }
     };
-    let mut seen = SeenTags::default();
     let mut chunk: Vec<IssuedTag> = Vec::with_capacity(MAX_TAGS_PER_EVENT);
     let mut sending = true;
     while let Some(row) = csv.next_row() {
@@ -446,11 +525,6 @@ fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> ScanR
                 continue;
             }
         };
-        if let Some(first) = seen.first_line(&row.tag_id, row.line) {
-            found.note(duplicate(&row, first));
-            sending = false;
-            continue;
-        }
         if sending {
             chunk.push(IssuedTag {
                 tag_id: row.tag_id,

@@ -214,6 +214,58 @@ async fn one_bad_row_among_many_good_ones_rejects_the_whole_file() {
     );
 }
 
+/// Repeats are found after the scan (by sorting), not row by row: a repeat ten thousands
+/// of rows from its first line, after whole events were written, still rejects the file,
+/// and the report lists it in file order among the other bad rows.
+#[tokio::test]
+async fn repeats_far_apart_are_reported_in_file_order_among_other_errors() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let ids: Vec<Uuid> = (0..25_000).map(|_| Uuid::new_v4()).collect();
+    let mut body = String::from("tag_id\n");
+    for (i, id) in ids.iter().enumerate() {
+        match i {
+            // Line 12,002: a malformed row between the two repeats.
+            12_000 => body.push_str("not-a-uuid\n"),
+            // Line 24,002: the tag of line 3 again.
+            24_000 => body.push_str(&format!("{}\n", ids[1])),
+            _ => body.push_str(&format!("{id}\n")),
+        }
+    }
+    let done = import(&app, &user, batch, body.into_bytes()).await;
+    assert_eq!(done["status"], "rejected", "{done}");
+    assert_eq!(done["error_count"], 2, "{done}");
+    assert_eq!(done["rows_read"], 25_000);
+    let errors = &done["errors"];
+    assert_eq!(errors[0]["code"], "invalid_uuid", "{done}");
+    assert_eq!(errors[0]["line"], 12_002);
+    assert_eq!(errors[1]["code"], "duplicate_tag", "{done}");
+    assert_eq!(errors[1]["line"], 24_002);
+    let message = errors[1]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("already appears on line 3"), "{message}");
+
+    // The same repeat with nothing else wrong: found by the sort alone.
+    let mut body = String::from("tag_id\n");
+    for (i, id) in ids.iter().enumerate() {
+        let id = if i == 24_000 { ids[1] } else { *id };
+        body.push_str(&format!("{id}\n"));
+    }
+    let done = import(&app, &user, batch, body.into_bytes()).await;
+    assert_eq!(done["status"], "rejected", "{done}");
+    assert_eq!(done["error_count"], 1, "{done}");
+    assert_eq!(done["errors"][0]["code"], "duplicate_tag");
+    assert_eq!(done["errors"][0]["line"], 24_002);
+    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
+        )
+        .await,
+        0
+    );
+}
+
 #[tokio::test]
 async fn tags_issued_before_are_refused_with_their_lines() {
     let app = spawn_app().await;
