@@ -44,6 +44,23 @@ async fn events_can_be_neither_updated_nor_deleted_nor_truncated() {
         let e = sqlx::query(sql).execute(&db.pool).await.expect_err(sql);
         assert!(e.to_string().contains("events are immutable"), "{sql}: {e}");
     }
+    // Positions come only from the identity (no index checks them: ADR 0011).
+    let e = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, global_position)
+         SELECT aggregate_type, aggregate_id, 2, event_type, event_version, payload, metadata,
+                global_position
+           FROM events",
+    )
+    .execute(&db.pool)
+    .await
+    .expect_err("a chosen global_position");
+    assert!(
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "428C9"),
+        "{e}"
+    );
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&db.pool)
         .await
