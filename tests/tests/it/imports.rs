@@ -40,6 +40,19 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
 }
 
 /// Uploads, runs the worker, and returns the import as the API shows it.
+/// No tag of a rejected file reached the registry or an event: nothing half-applied.
+async fn assert_nothing_issued(app: &TestApp) {
+    assert_eq!(count(app, "SELECT count(*) FROM tag_registry").await, 0);
+    assert_eq!(
+        count(
+            app,
+            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
+        )
+        .await,
+        0
+    );
+}
+
 async fn import(app: &TestApp, who: &As, batch: Uuid, body: Vec<u8>) -> Value {
     let (status, accepted) = app.upload(who, batch, "text/csv", body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
@@ -177,15 +190,7 @@ async fn each_kind_of_bad_file_is_rejected_whole_with_its_own_error() {
         );
     }
     // Nothing of any rejected file was issued: no half-applied import.
-    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
-        )
-        .await,
-        0
-    );
+    assert_nothing_issued(&app).await;
 }
 
 #[tokio::test]
@@ -203,15 +208,7 @@ async fn one_bad_row_among_many_good_ones_rejects_the_whole_file() {
     let done = import(&app, &user, batch, body.into_bytes()).await;
     assert_eq!(done["status"], "rejected");
     assert_eq!(done["errors"][0]["line"], 29_002);
-    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
-        )
-        .await,
-        0
-    );
+    assert_nothing_issued(&app).await;
 }
 
 /// Repeats are found after the scan (by sorting), not row by row: a repeat ten thousands
@@ -255,15 +252,7 @@ async fn repeats_far_apart_are_reported_in_file_order_among_other_errors() {
     assert_eq!(done["error_count"], 1, "{done}");
     assert_eq!(done["errors"][0]["code"], "duplicate_tag");
     assert_eq!(done["errors"][0]["line"], 24_002);
-    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
-    assert_eq!(
-        count(
-            &app,
-            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
-        )
-        .await,
-        0
-    );
+    assert_nothing_issued(&app).await;
 }
 
 #[tokio::test]
