@@ -585,23 +585,19 @@ impl EventStore {
         }
         let mut aggregate = loaded.aggregate;
         let events = decide_on(&mut aggregate, command).await?;
-        let mut writes = Vec::new();
-        if !events.is_empty() {
-            writes.push(events_write::<A>(
-                aggregate_id,
-                loaded.version + 1,
-                &events,
-                &metadata_json(metadata)?,
-            )?);
-            writes.extend(A::index(aggregate_id, &events)?);
-        }
+        let staged = staged_writes::<A>(
+            aggregate_id,
+            loaded.version + 1,
+            &events,
+            &metadata_json(metadata)?,
+        )?;
         Ok(Decision {
             store: self.clone(),
             aggregate_id: aggregate_id.to_string(),
             aggregate,
-            version: loaded.version + events.len() as u64,
+            version: loaded.version + staged.events,
             loaded_version: loaded.version,
-            writes,
+            writes: staged.writes,
         })
     }
 
