@@ -214,13 +214,7 @@ impl ImportWorker {
                 }
             }
         }
-        if let (Some(u), Some(last)) = (unit.as_mut(), staged.take())
-            && let Err(stop) = stopped(u.flush(last).await)?
-        {
-            stop.note(&mut refusal, &mut already_issued);
-            unit = None;
-        }
-        let mut report = scan
+        let scanned = scan
             .await
             .map_err(|e| ImportError::Reader(e.to_string()))??;
         // The scan does not look for a tag repeated inside the file: sorted, a repeat sits
@@ -228,11 +222,24 @@ impl ImportWorker {
         // every tag seen cost a cache miss a row.
         tag_ids.sort_unstable();
         let repeated = tag_ids.windows(2).any(|pair| pair[0] == pair[1]);
-        if report.error_count > 0 || repeated {
-            // A bad file: read it again for the full report, every bad row and every
-            // repeat with the line it repeats, in file order.
+        let report = match scanned {
+            Some(rows_read) if !repeated => ScanReport {
+                rows_read,
+                errors: Vec::new(),
+                error_count: 0,
+            },
+            _ => {
+                // A bad file: read it again for the full report, every bad row and every
+                // repeat with the line it repeats, in file order.
+                unit = None;
+                self.full_report(import_id).await?
+            }
+        };
+        if let (Some(u), Some(last)) = (unit.as_mut(), staged.take())
+            && let Err(stop) = stopped(u.flush(last).await)?
+        {
+            stop.note(&mut refusal, &mut already_issued);
             unit = None;
-            report = self.full_report(import_id).await?;
         }
         if report.error_count == 0
             && let Some(u) = unit.as_mut()
@@ -304,6 +311,12 @@ impl ImportWorker {
                 .map_err(|e| ImportError::Reader(e.to_string()))?;
         if let Ok(Some(e)) = failure.lock().map(|f| f.clone()) {
             return Err(ImportError::Reader(e));
+        }
+        if summary.error_count == 0 {
+            // The first pass found a problem this one did not: read it again later.
+            return Err(ImportError::Reader(
+                "two reads of the upload disagree about its problems".into(),
+            ));
         }
         Ok(ScanReport {
             rows_read: summary.rows_read,
@@ -490,82 +503,40 @@ struct ScanReport {
     error_count: u64,
 }
 
-/// Reads every row (blocking), sends valid tags in chunks while the file is clean so far,
-/// and counts the bad rows. Repeats are found by the caller, after the scan.
+/// Reads the rows (blocking) and sends their tags in chunks, until the end of the file or
+/// its first bad row. Returns the number of rows, or `None` for a bad file: the caller then
+/// reads it again for the full report. Repeats are found by the caller, after the scan.
 fn scan(
     reader: ChunkReader,
     chunks: mpsc::Sender<Vec<IssuedTag>>,
-) -> Result<ScanReport, ImportError> {
+) -> Result<Option<u64>, ImportError> {
     let failure = reader.failure.clone();
-    let report = scan_rows(reader, chunks);
+    let rows = scan_rows(reader, chunks);
     match failure.lock().map(|f| f.clone()) {
-        Ok(None) => Ok(report),
+        Ok(None) => Ok(rows),
         Ok(Some(e)) => Err(ImportError::Reader(e)),
         Err(_) => Err(ImportError::Reader("reader state poisoned".into())),
     }
 }
 
-fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> ScanReport {
-    let mut found = Found::default();
-    let mut csv = match TagCsv::new(reader) {
-        Ok(c) => c,
-        Err(e) => {
-            found.note(e);
-            return found.report(0);
-        }
-    };
+fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Option<u64> {
+    let mut csv = TagCsv::new(reader).ok()?;
     let mut chunk: Vec<IssuedTag> = Vec::with_capacity(MAX_TAGS_PER_EVENT);
-    let mut sending = true;
     while let Some(row) = csv.next_row() {
-        let row = match row {
-            Ok(row) => row,
-            Err(e) => {
-                found.note(e);
-                sending = false;
-                continue;
-            }
-        };
-        if sending {
-            chunk.push(IssuedTag {
-                tag_id: row.tag_id,
-                serial: row.serial,
-            });
-            if chunk.len() == MAX_TAGS_PER_EVENT
-                && chunks.blocking_send(std::mem::take(&mut chunk)).is_err()
-            {
-                sending = false;
-            }
+        let row = row.ok()?;
+        chunk.push(IssuedTag {
+            tag_id: row.tag_id,
+            serial: row.serial,
+        });
+        if chunk.len() == MAX_TAGS_PER_EVENT {
+            // A closed channel means the import already failed: nothing more to do.
+            chunks.blocking_send(std::mem::take(&mut chunk)).ok()?;
         }
     }
-    let rows_read = csv.rows_read();
-    if sending && found.count == 0 && !chunk.is_empty() {
-        let _ = chunks.blocking_send(chunk);
+    if !chunk.is_empty() {
+        chunks.blocking_send(chunk).ok()?;
     }
-    found.report(rows_read)
-}
-
-/// Errors found so far: the first [`MAX_ERRORS_KEPT`] and the count of all.
-#[derive(Default)]
-struct Found {
-    kept: Vec<RowError>,
-    count: u64,
-}
-
-impl Found {
-    fn note(&mut self, e: RowError) {
-        self.count += 1;
-        if self.kept.len() < MAX_ERRORS_KEPT {
-            self.kept.push(e);
-        }
-    }
-
-    fn report(self, rows_read: u64) -> ScanReport {
-        ScanReport {
-            rows_read,
-            errors: self.kept,
-            error_count: self.count,
-        }
-    }
+    Some(csv.rows_read())
 }
 
 /// The stored upload as a `Read`, fetched one chunk at a time by an async task.
