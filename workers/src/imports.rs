@@ -219,8 +219,9 @@ impl ImportWorker {
             .map_err(|e| ImportError::Reader(e.to_string()))??;
         // The scan does not look for a tag repeated inside the file: sorted, a repeat sits
         // next to itself. This costs a sort the registry needs anyway, where a hash set of
-        // every tag seen cost a cache miss a row.
-        tag_ids.sort_unstable();
+        // every tag seen cost a cache miss a row. Keyed by the big-endian 128-bit value:
+        // the order of the bytes (which Postgres compares), by integer comparisons.
+        tag_ids.sort_unstable_by_key(Uuid::as_u128);
         let repeated = tag_ids.windows(2).any(|pair| pair[0] == pair[1]);
         let report = match scanned {
             Some(rows_read) if !repeated => ScanReport {
