@@ -693,7 +693,7 @@ where
     }
 }
 
-/// The writes of one decision of a [`Unit`], built but not yet sent.
+/// The writes of one decision (of a [`Unit`] or a [`Decision`]), built but not yet sent.
 pub struct Staged {
     writes: Vec<Write>,
     /// How many events they store.
@@ -775,7 +775,7 @@ where
             &events,
             &self.metadata,
         )?;
-        self.write(staged).await?;
+        self.flush(staged).await?;
         Ok(events)
     }
 
@@ -806,7 +806,7 @@ where
             (aggregate, staged)
         });
         let written = match previous {
-            Some(p) => self.write(p).await,
+            Some(p) => self.flush(p).await,
             None => Ok(()),
         };
         let (aggregate, staged) = decided
@@ -817,12 +817,8 @@ where
         staged
     }
 
-    /// Writes what [`Unit::handle_overlapped`] staged last.
+    /// Writes what a decision staged (the last one of [`Unit::handle_overlapped`]).
     pub async fn flush(&mut self, staged: Staged) -> Result<(), CommandError> {
-        self.write(staged).await
-    }
-
-    async fn write(&mut self, staged: Staged) -> Result<(), CommandError> {
         for w in &staged.writes {
             w.run(&mut self.tx).await?;
         }

@@ -178,15 +178,14 @@ impl ImportWorker {
         metadata: &EventMetadata,
     ) -> Result<Outcome, ImportError> {
         let (tx_chunks, mut rx_chunks) = mpsc::channel::<Vec<IssuedTag>>(2);
-        let reader = ChunkReader::spawn(self.pool.clone(), import_id);
-        let scan = tokio::task::spawn_blocking(move || scan(reader, tx_chunks));
+        let scan = self.read_upload(import_id, move |reader| scan(reader, tx_chunks));
 
         let mut unit = Some(
             self.store
                 .begin::<Batch>(&batch_id.to_string(), metadata)
                 .await?,
         );
-        // Why issuing stopped, if it did; reading goes on to report every bad row.
+        // Why issuing stopped, if it did.
         let mut refusal: Option<RowError> = None;
         let mut already_issued = false;
         let mut issued: u64 = 0;
@@ -214,9 +213,7 @@ impl ImportWorker {
                 }
             }
         }
-        let scanned = scan
-            .await
-            .map_err(|e| ImportError::Reader(e.to_string()))??;
+        let scanned = scan.await?;
         // The scan does not look for a tag repeated inside the file: sorted, a repeat sits
         // next to itself. This costs a sort the registry needs anyway, where a hash set of
         // every tag seen cost a cache miss a row. Keyed by the big-endian 128-bit value:
@@ -302,17 +299,38 @@ impl ImportWorker {
         Ok(Outcome::Rejected { error_count })
     }
 
-    /// Every problem of the file, found by a second pass (`validate`) over the upload.
-    async fn full_report(&self, import_id: Uuid) -> Result<ScanReport, ImportError> {
+    /// Runs `read` over the stored upload on a blocking thread, starting now; the returned
+    /// future gives its result. When the upload itself could not be read, that is the
+    /// error (the import is retried), whatever `read` made of the shortened input.
+    fn read_upload<T, F>(
+        &self,
+        import_id: Uuid,
+        read: F,
+    ) -> impl Future<Output = Result<T, ImportError>> + use<T, F>
+    where
+        T: Send + 'static,
+        F: FnOnce(ChunkReader) -> T + Send + 'static,
+    {
         let reader = ChunkReader::spawn(self.pool.clone(), import_id);
         let failure = reader.failure.clone();
-        let summary =
-            tokio::task::spawn_blocking(move || validate(reader, MAX_ERRORS_KEPT, |_| {}))
-                .await
-                .map_err(|e| ImportError::Reader(e.to_string()))?;
-        if let Ok(Some(e)) = failure.lock().map(|f| f.clone()) {
-            return Err(ImportError::Reader(e));
+        let task = tokio::task::spawn_blocking(move || read(reader));
+        async move {
+            let value = task.await.map_err(|e| ImportError::Reader(e.to_string()))?;
+            match failure.lock().map(|f| f.clone()) {
+                Ok(None) => Ok(value),
+                Ok(Some(e)) => Err(ImportError::Reader(e)),
+                Err(_) => Err(ImportError::Reader("reader state poisoned".into())),
+            }
         }
+    }
+
+    /// Every problem of the file, found by a second pass (`validate`) over the upload.
+    async fn full_report(&self, import_id: Uuid) -> Result<ScanReport, ImportError> {
+        let summary = self
+            .read_upload(import_id, |reader| {
+                validate(reader, MAX_ERRORS_KEPT, |_| {})
+            })
+            .await?;
         if summary.error_count == 0 {
             // The first pass found a problem this one did not: read it again later.
             return Err(ImportError::Reader(
@@ -329,9 +347,7 @@ impl ImportWorker {
     /// Rows whose tag was issued before this import: a second pass over the file.
     async fn already_issued(&self, import_id: Uuid) -> Result<(Vec<RowError>, u64), ImportError> {
         let (tx_chunks, mut rx_chunks) = mpsc::channel::<Vec<(u64, Uuid)>>(2);
-        let reader = ChunkReader::spawn(self.pool.clone(), import_id);
-        let failure = reader.failure.clone();
-        let lines = tokio::task::spawn_blocking(move || -> Result<(), ImportError> {
+        let lines = self.read_upload(import_id, move |reader| -> Result<(), ImportError> {
             let mut csv = TagCsv::new(reader).map_err(|e| ImportError::Reader(e.message))?;
             let mut chunk = Vec::with_capacity(MAX_TAGS_PER_EVENT);
             while let Some(row) = csv.next_row() {
@@ -375,12 +391,7 @@ impl ImportWorker {
                 }
             }
         }
-        lines
-            .await
-            .map_err(|e| ImportError::Reader(e.to_string()))??;
-        if let Ok(Some(e)) = failure.lock().map(|f| f.clone()) {
-            return Err(ImportError::Reader(e));
-        }
+        lines.await??;
         Ok((errors, count))
     }
 }
@@ -507,20 +518,7 @@ struct ScanReport {
 /// Reads the rows (blocking) and sends their tags in chunks, until the end of the file or
 /// its first bad row. Returns the number of rows, or `None` for a bad file: the caller then
 /// reads it again for the full report. Repeats are found by the caller, after the scan.
-fn scan(
-    reader: ChunkReader,
-    chunks: mpsc::Sender<Vec<IssuedTag>>,
-) -> Result<Option<u64>, ImportError> {
-    let failure = reader.failure.clone();
-    let rows = scan_rows(reader, chunks);
-    match failure.lock().map(|f| f.clone()) {
-        Ok(None) => Ok(rows),
-        Ok(Some(e)) => Err(ImportError::Reader(e)),
-        Err(_) => Err(ImportError::Reader("reader state poisoned".into())),
-    }
-}
-
-fn scan_rows(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Option<u64> {
+fn scan(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Option<u64> {
     let mut csv = TagCsv::new(reader).ok()?;
     let mut chunk: Vec<IssuedTag> = Vec::with_capacity(MAX_TAGS_PER_EVENT);
     while let Some(row) = csv.next_row() {
