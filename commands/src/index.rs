@@ -77,8 +77,8 @@ impl Indexed for Batch {
                         Arg::Text(lot.clone()),
                     ],
                 )),
-                // An import registers its tags itself, sorted, in the same transaction
-                // (workers::imports::register): far cheaper for the primary key index.
+                // An import reserves its tags itself, sorted, before its events commit
+                // (workers::imports::register, ADR 0012).
                 BatchEvent::TagsIssued {
                     import_id: Some(_), ..
                 } => {}

@@ -1,22 +1,25 @@
 //! The imports worker (`voketag work imports`). It claims a pending import with a
-//! session-level advisory lock (released by Postgres if the worker dies), streams the
-//! stored upload through the CSV validator one row at a time, and issues the tags in
-//! chunks of 10,000 inside one transaction that also marks the import completed. Any
-//! error — a bad row, a duplicate, a tag issued before, a batch that no longer accepts
-//! tags — rolls everything back and the import is rejected with every reason found. A
-//! worker killed at any point leaves either nothing or everything; the import is then
-//! picked up again and each tag is issued exactly once.
+//! session-level advisory lock (released by Postgres if the worker dies) and reads the
+//! stored upload twice at once, each read streaming it through the CSV validator one row at
+//! a time. The first collects the tag ids and reserves them in the tag registry, on a
+//! connection of its own; the second issues the tags in chunks of 10,000 inside one
+//! transaction that also marks the import completed, and commits after the reservation
+//! (ADR 0012). Any error — a bad row, a duplicate, a tag issued before, a batch that no
+//! longer accepts tags — rolls the events back and the import is rejected with every reason
+//! found, its reservation released in the same transaction. A worker killed at any point
+//! leaves either no events or all of them, and a reservation only while the import is
+//! unfinished; the import is then picked up again, reuses the reservation, and issues each
+//! tag exactly once.
 
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashSet;
-use std::io::Read;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 use voketag_commands::import::csv::{RowError, TagCsv, validate};
-use voketag_commands::import::{MAX_ERRORS_KEPT, NOTIFY_CHANNEL};
-use voketag_commands::store::{CommandError, EventStore, Staged};
+use voketag_commands::import::{ByteFeed, CleanIds, MAX_ERRORS_KEPT, NOTIFY_CHANNEL, id_sum};
+use voketag_commands::store::{CommandError, EventStore, Staged, Unit};
 use voketag_domain::MAX_TAGS_PER_EVENT;
 use voketag_domain::batch::{Batch, BatchCommand, IssuedTag};
 use voketag_schemas::EventMetadata;
@@ -29,6 +32,8 @@ pub enum ImportError {
     Store(String),
     #[error("the CSV reader stopped unexpectedly: {0}")]
     Reader(String),
+    #[error("tags of this file are reserved by import {0}, which is not finished yet")]
+    Reserved(Uuid),
 }
 
 impl From<CommandError> for ImportError {
@@ -108,9 +113,17 @@ impl ImportWorker {
             .await?;
             let mut progressed = false;
             for id in pending {
-                if self.process(id).await? != Outcome::Skipped {
-                    done += 1;
-                    progressed = true;
+                match self.process(id).await {
+                    Ok(Outcome::Skipped) => {}
+                    Ok(_) => {
+                        done += 1;
+                        progressed = true;
+                    }
+                    // Waits for the other import; the rest need not.
+                    Err(e @ ImportError::Reserved(_)) => {
+                        tracing::info!(import.id = %id, reason = %e, "import postponed");
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if !progressed {
@@ -142,15 +155,35 @@ impl ImportWorker {
     }
 
     async fn process_claimed(&self, import_id: Uuid) -> Result<Outcome, ImportError> {
-        let row: Option<(Uuid, String, String, String, String, String, Uuid)> = sqlx::query_as(
+        type Row = (
+            Uuid,
+            String,
+            String,
+            String,
+            String,
+            Uuid,
+            bool,
+            Option<i64>,
+        );
+        let row: Option<Row> = sqlx::query_as(
             "UPDATE imports SET status = 'validating', attempts = attempts + 1, updated_at = now()
               WHERE import_id = $1 AND status IN ('queued', 'validating', 'applying')
-              RETURNING batch_id, actor, request_id, correlation_id, traceparent, status, factory_id",
+              RETURNING batch_id, actor, request_id, correlation_id, traceparent, factory_id, tags_reserved,
+                        clean_rows",
         )
         .bind(import_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((batch_id, actor, request_id, correlation_id, traceparent, _, factory_id)) = row
+        let Some((
+            batch_id,
+            actor,
+            request_id,
+            correlation_id,
+            traceparent,
+            factory_id,
+            reserved,
+            clean_rows,
+        )) = row
         else {
             return Ok(Outcome::Skipped);
         };
@@ -166,130 +199,109 @@ impl ImportWorker {
             traceparent,
         };
         drop(_guard);
-        let outcome = self.apply(import_id, batch_id, &metadata).await?;
+        let import = Claimed {
+            import_id,
+            batch_id,
+            reserved_before: reserved,
+            stored_ids: clean_rows.map(|n| n as u64),
+        };
+        let outcome = self.apply(&import, &metadata).await?;
         tracing::info!(import.id = %import_id, ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "import finished");
         Ok(outcome)
     }
 
     async fn apply(
         &self,
-        import_id: Uuid,
-        batch_id: Uuid,
+        import: &Claimed,
         metadata: &EventMetadata,
     ) -> Result<Outcome, ImportError> {
-        let (tx_chunks, mut rx_chunks) = mpsc::channel::<Vec<IssuedTag>>(2);
-        let scan = self.read_upload(import_id, move |reader| scan(reader, tx_chunks));
-
-        let mut unit = Some(
-            self.store
-                .begin::<Batch>(&batch_id.to_string(), metadata)
-                .await?,
+        let Claimed {
+            import_id,
+            batch_id,
+            reserved_before,
+            ..
+        } = *import;
+        // The file's sorted tag ids — stored by the intake, or read from the file at full
+        // speed — are reserved in the registry on a connection of their own, while a read
+        // of the file feeds the events, chunk by chunk, to the unit's transaction at the
+        // pace Postgres takes them. The reservation commits first, the events after it,
+        // once both reads agree (ADR 0012).
+        let ids = self.clean_ids(import);
+        let (tx_chunks, rx_chunks) = mpsc::channel::<Vec<IssuedTag>>(2);
+        let chunks = self.read_upload(import_id, move |reader| scan(reader, tx_chunks));
+        let unit = self
+            .store
+            .begin::<Batch>(&batch_id.to_string(), metadata)
+            .await?;
+        let (reservation, issuing) = tokio::join!(
+            self.reserve(import_id, batch_id, reserved_before, ids),
+            issue(unit, import_id, rx_chunks, chunks),
         );
-        // Why issuing stopped, if it did.
-        let mut refusal: Option<RowError> = None;
-        let mut already_issued = false;
-        let mut issued: u64 = 0;
-        // Sorted at the end, to find duplicates inside the file and to be registered
-        // (see `register`); 16 bytes a tag.
-        let mut tag_ids: Vec<Uuid> = Vec::new();
-        // The last chunk's writes, staged while the one before was stored.
-        let mut staged: Option<Staged> = None;
-        while let Some(chunk) = rx_chunks.recv().await {
-            tag_ids.extend(chunk.iter().map(|t| t.tag_id));
-            let Some(u) = unit.as_mut() else { continue };
-            let n = chunk.len() as u64;
-            let command = BatchCommand::IssueTags {
-                import_id: Some(import_id),
-                tags: chunk,
-            };
-            match stopped(u.handle_overlapped(staged.take(), command).await)? {
-                Ok(next) => {
-                    staged = Some(next);
-                    issued += n;
+        let reservation = reservation?;
+        let Issuing {
+            unit,
+            issued,
+            refusal,
+            rows_read: rows_issued,
+            id_sum: issued_sum,
+        } = issuing?;
+        let mut errors: Vec<RowError> = refusal.into_iter().collect();
+        let mut error_count = errors.len() as u64;
+        let (rows_read, release) = match reservation {
+            Reservation::Held { rows_read, tag_ids } => {
+                if rows_issued != Some(rows_read) || issued_sum != id_sum(&tag_ids) {
+                    // The ids reserved are not the file's: give them back and forget the
+                    // stored ones; the next attempt reads the ids from the file.
+                    let mut tx = self.pool.begin().await?;
+                    release_reservation(&mut tx, import_id, &tag_ids).await?;
+                    forget_stored_ids(&mut tx, import_id).await?;
+                    tx.commit().await?;
+                    return Err(disagree());
                 }
-                Err(stop) => {
-                    stop.note(&mut refusal, &mut already_issued);
-                    unit = None;
+                if let (None, Some(mut u)) = (errors.first(), unit) {
+                    sqlx::query(
+                        "UPDATE imports SET status = 'applying', updated_at = now() WHERE import_id = $1",
+                    )
+                    .bind(import_id)
+                    .execute(&self.pool)
+                    .await?;
+                    finish(u.conn(), import_id, "completed", rows_read, issued, 0, &[]).await?;
+                    u.commit().await?;
+                    return Ok(Outcome::Completed {
+                        tags_issued: issued,
+                    });
                 }
+                (rows_read, Some(tag_ids))
             }
-        }
-        let scanned = scan.await?;
-        // The scan does not look for a tag repeated inside the file: sorted, a repeat sits
-        // next to itself. This costs a sort the registry needs anyway, where a hash set of
-        // every tag seen cost a cache miss a row. Keyed by the big-endian 128-bit value:
-        // the order of the bytes (which Postgres compares), by integer comparisons.
-        tag_ids.sort_unstable_by_key(Uuid::as_u128);
-        let repeated = tag_ids.windows(2).any(|pair| pair[0] == pair[1]);
-        let report = match scanned {
-            Some(rows_read) if !repeated => ScanReport {
-                rows_read,
-                errors: Vec::new(),
-                error_count: 0,
-            },
-            _ => {
-                // A bad file: read it again for the full report, every bad row and every
-                // repeat with the line it repeats, in file order.
-                unit = None;
-                self.full_report(import_id).await?
+            Reservation::BadFile => {
+                if reserved_before {
+                    // The read that reserved found every row good.
+                    return Err(disagree());
+                }
+                // A bad row or a repeat: read the file again for the full report, every bad
+                // row and every repeat with the line it repeats, in file order.
+                let report = self.full_report(import_id).await?;
+                errors.extend(report.errors);
+                error_count += report.error_count;
+                (report.rows_read, None)
+            }
+            Reservation::Taken { rows_read } => {
+                let (found, count) = self.already_issued(import_id).await?;
+                errors.extend(found);
+                error_count += count;
+                (rows_read, None)
             }
         };
-        if let (Some(u), Some(last)) = (unit.as_mut(), staged.take())
-            && let Err(stop) = stopped(u.flush(last).await)?
-        {
-            stop.note(&mut refusal, &mut already_issued);
-            unit = None;
-        }
-        if report.error_count == 0
-            && let Some(u) = unit.as_mut()
-            && !register(u.conn(), batch_id, &tag_ids).await?
-        {
-            already_issued = true;
-            unit = None;
-        }
-        let mut errors = report.errors;
-        let mut error_count = report.error_count;
-        if let Some(r) = refusal {
-            errors.insert(0, r);
-            error_count += 1;
-        }
-        if already_issued && report.error_count == 0 {
-            // Only now, with the transaction gone, find out which rows they were.
-            let (found, count) = self.already_issued(import_id).await?;
-            errors.extend(found);
-            error_count += count;
-        }
-        if error_count == 0
-            && let Some(mut u) = unit
-        {
-            sqlx::query(
-                "UPDATE imports SET status = 'applying', updated_at = now() WHERE import_id = $1",
-            )
-            .bind(import_id)
-            .execute(&self.pool)
-            .await?;
-            finish(
-                u.conn(),
-                import_id,
-                "completed",
-                report.rows_read,
-                issued,
-                0,
-                &[],
-            )
-            .await?;
-            u.commit().await?;
-            return Ok(Outcome::Completed {
-                tags_issued: issued,
-            });
-        }
-        drop(unit);
         errors.truncate(MAX_ERRORS_KEPT);
         let mut tx = self.pool.begin().await?;
+        if let Some(tag_ids) = release {
+            release_reservation(&mut tx, import_id, &tag_ids).await?;
+        }
         finish(
             &mut tx,
             import_id,
             "rejected",
-            report.rows_read,
+            rows_read,
             0,
             error_count,
             &errors,
@@ -297,6 +309,71 @@ impl ImportWorker {
         .await?;
         tx.commit().await?;
         Ok(Outcome::Rejected { error_count })
+    }
+
+    /// Waits for the file's sorted tag ids and reserves them for the import, on a
+    /// connection of its own, unless an earlier attempt did (`reserved_before`).
+    async fn reserve(
+        &self,
+        import_id: Uuid,
+        batch_id: Uuid,
+        reserved_before: bool,
+        ids: impl Future<Output = Result<Option<CleanIds>, ImportError>>,
+    ) -> Result<Reservation, ImportError> {
+        let started = Instant::now();
+        let Some(CleanIds { rows_read, tag_ids }) = ids.await? else {
+            return Ok(Reservation::BadFile);
+        };
+        let read_ms = started.elapsed().as_millis() as u64;
+        if !reserved_before {
+            let mut tx = self.pool.begin().await?;
+            if !register(&mut tx, batch_id, import_id, &tag_ids).await? {
+                return Ok(Reservation::Taken { rows_read });
+            }
+            sqlx::query("UPDATE imports SET tags_reserved = true WHERE import_id = $1")
+                .bind(import_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        tracing::debug!(import.id = %import_id, read_ms, reserved_ms = started.elapsed().as_millis() as u64, "tags reserved");
+        Ok(Reservation::Held { rows_read, tag_ids })
+    }
+
+    /// The file's sorted tag ids: those the intake stored, or else a read of the file.
+    fn clean_ids(
+        &self,
+        import: &Claimed,
+    ) -> impl Future<Output = Result<Option<CleanIds>, ImportError>> + use<> {
+        let from_file = match import.stored_ids {
+            Some(_) => None,
+            None => Some(self.read_upload(import.import_id, CleanIds::read)),
+        };
+        let (pool, import_id, stored) = (self.pool.clone(), import.import_id, import.stored_ids);
+        async move {
+            if let Some(read) = from_file {
+                return read.await;
+            }
+            let pieces: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT ids FROM import_tag_ids WHERE import_id = $1 ORDER BY seq",
+            )
+            .bind(import_id)
+            .fetch_all(&pool)
+            .await?;
+            let tag_ids: Vec<Uuid> = pieces
+                .iter()
+                .flat_map(|p| p.chunks_exact(16))
+                .map(|b| Uuid::from_slice(b).map_err(|e| ImportError::Reader(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            let rows_read = stored.unwrap_or_default();
+            if tag_ids.len() as u64 != rows_read {
+                return Err(ImportError::Reader(format!(
+                    "{} stored tag ids for {rows_read} rows",
+                    tag_ids.len()
+                )));
+            }
+            Ok(Some(CleanIds { rows_read, tag_ids }))
+        }
     }
 
     /// Runs `read` over the stored upload on a blocking thread, starting now; the returned
@@ -309,11 +386,11 @@ impl ImportWorker {
     ) -> impl Future<Output = Result<T, ImportError>> + use<T, F>
     where
         T: Send + 'static,
-        F: FnOnce(ChunkReader) -> T + Send + 'static,
+        F: FnOnce(ByteFeed<Vec<u8>>) -> T + Send + 'static,
     {
-        let reader = ChunkReader::spawn(self.pool.clone(), import_id);
-        let failure = reader.failure.clone();
-        let task = tokio::task::spawn_blocking(move || read(reader));
+        let feed = stored_upload(self.pool.clone(), import_id);
+        let failure = feed.failure();
+        let task = tokio::task::spawn_blocking(move || read(feed));
         async move {
             let value = task.await.map_err(|e| ImportError::Reader(e.to_string()))?;
             match failure.lock().map(|f| f.clone()) {
@@ -332,10 +409,8 @@ impl ImportWorker {
             })
             .await?;
         if summary.error_count == 0 {
-            // The first pass found a problem this one did not: read it again later.
-            return Err(ImportError::Reader(
-                "two reads of the upload disagree about its problems".into(),
-            ));
+            // The first read found a problem this one did not: read it again later.
+            return Err(disagree());
         }
         Ok(ScanReport {
             rows_read: summary.rows_read,
@@ -344,7 +419,9 @@ impl ImportWorker {
         })
     }
 
-    /// Rows whose tag was issued before this import: a second pass over the file.
+    /// Rows whose tag was issued before this import: another read of the file. A tag that
+    /// another import has reserved but not yet issued is no reason to reject this one: it
+    /// is tried again once that import is finished, one way or the other.
     async fn already_issued(&self, import_id: Uuid) -> Result<(Vec<RowError>, u64), ImportError> {
         let (tx_chunks, mut rx_chunks) = mpsc::channel::<Vec<(u64, Uuid)>>(2);
         let lines = self.read_upload(import_id, move |reader| -> Result<(), ImportError> {
@@ -369,14 +446,18 @@ impl ImportWorker {
         let mut count = 0u64;
         while let Some(chunk) = rx_chunks.recv().await {
             let ids: Vec<Uuid> = chunk.iter().map(|(_, id)| *id).collect();
-            let existing: HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
-                "SELECT tag_id FROM tag_registry WHERE tag_id = ANY($1)",
+            let rows: Vec<(Uuid, Option<Uuid>, bool)> = sqlx::query_as(
+                "SELECT r.tag_id, r.import_id, r.import_id IS NULL OR i.status = 'completed'
+                   FROM tag_registry r LEFT JOIN imports i ON i.import_id = r.import_id
+                  WHERE r.tag_id = ANY($1)",
             )
             .bind(&ids)
             .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .collect();
+            .await?;
+            if let Some((_, Some(other), _)) = rows.iter().find(|(_, _, issued)| !issued) {
+                return Err(ImportError::Reserved(*other));
+            }
+            let existing: HashSet<Uuid> = rows.into_iter().map(|(id, _, _)| id).collect();
             for (line, id) in chunk.into_iter().filter(|(_, id)| existing.contains(id)) {
                 count += 1;
                 if errors.len() < MAX_ERRORS_KEPT {
@@ -396,61 +477,169 @@ impl ImportWorker {
     }
 }
 
-/// Why issuing stopped, when the batch refused a chunk.
-enum Stop {
-    /// A tag was issued before (the registry's key refused it).
-    AlreadyIssued,
-    /// The batch no longer accepts tags, or the like.
-    Refused(RowError),
-}
-
-impl Stop {
-    fn note(self, refusal: &mut Option<RowError>, already_issued: &mut bool) {
-        match self {
-            Stop::AlreadyIssued => *already_issued = true,
-            Stop::Refused(e) => *refusal = Some(e),
-        }
-    }
-}
-
-/// Sorts the outcome of writing a chunk: done, stopped for a reason the import reports, or
-/// failed (the import is retried).
-fn stopped<T>(result: Result<T, CommandError>) -> Result<Result<T, Stop>, ImportError> {
+/// Sorts the outcome of writing a chunk: done, refused by the batch for a reason the import
+/// reports, or failed (the import is retried).
+fn stopped<T>(result: Result<T, CommandError>) -> Result<Result<T, RowError>, ImportError> {
     match result {
         Ok(value) => Ok(Ok(value)),
-        Err(CommandError::Taken {
-            code: "tag.already_issued",
-            ..
-        }) => Ok(Err(Stop::AlreadyIssued)),
-        Err(CommandError::Rule { code, message, .. }) => Ok(Err(Stop::Refused(RowError {
+        Err(CommandError::Rule { code, message, .. }) => Ok(Err(RowError {
             line: 0,
             column: None,
             code: code.to_string(),
             message,
-        }))),
+        })),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Enters the import's tags in the write side's registry, in one transaction with their
-/// events, with one binary `COPY`: the table takes the rows a page at a time, where an
-/// `INSERT` writes (and logs) them one by one. `tag_ids` come sorted: a million random
-/// UUIDs entered in key order cost the primary key index about a third of entering them in
-/// file order. Returns false if a tag was issued before (the transaction is then aborted).
+/// What the first read and the reservation came to.
+enum Reservation {
+    /// A bad row or a tag repeated inside the file: nothing reserved.
+    BadFile,
+    /// Some tags are in the registry already: nothing reserved.
+    Taken { rows_read: u64 },
+    /// Every tag of the file is reserved for the import (by this attempt or an earlier
+    /// one); `tag_ids` sorted.
+    Held { rows_read: u64, tag_ids: Vec<Uuid> },
+}
+
+/// What the second read and the events came to.
+struct Issuing {
+    /// The transaction holding the events; `None` once the batch refused a chunk.
+    unit: Option<Unit<Batch>>,
+    issued: u64,
+    /// Why the batch refused.
+    refusal: Option<RowError>,
+    /// The rows the read found, or `None` if it stopped at a bad row.
+    rows_read: Option<u64>,
+    /// [`id_sum`] of the tags the read found.
+    id_sum: u128,
+}
+
+/// An import as the worker claimed it.
+struct Claimed {
+    import_id: Uuid,
+    batch_id: Uuid,
+    /// An earlier attempt reserved the file's tags.
+    reserved_before: bool,
+    /// The intake stored the sorted ids of this many rows.
+    stored_ids: Option<u64>,
+}
+
+/// Issues the chunks of a read of the file on the unit, each decided and serialized while
+/// the one before is written.
+async fn issue(
+    unit: Unit<Batch>,
+    import_id: Uuid,
+    mut chunks: mpsc::Receiver<Vec<IssuedTag>>,
+    read: impl Future<Output = Result<Option<u64>, ImportError>>,
+) -> Result<Issuing, ImportError> {
+    let mut unit = Some(unit);
+    let mut refusal = None;
+    let mut issued: u64 = 0;
+    let mut sum = 0u128;
+    // The last chunk's writes, staged while the one before was stored.
+    let mut staged: Option<Staged> = None;
+    while let Some(chunk) = chunks.recv().await {
+        sum = sum.wrapping_add(id_sum(chunk.iter().map(|t| &t.tag_id)));
+        let Some(u) = unit.as_mut() else { continue };
+        let n = chunk.len() as u64;
+        let command = BatchCommand::IssueTags {
+            import_id: Some(import_id),
+            tags: chunk,
+        };
+        match stopped(u.handle_overlapped(staged.take(), command).await)? {
+            Ok(next) => {
+                staged = Some(next);
+                issued += n;
+            }
+            Err(e) => {
+                refusal = Some(e);
+                unit = None;
+            }
+        }
+    }
+    let rows_read = read.await?;
+    tracing::debug!(import.id = %import_id, issued, "events written");
+    if rows_read.is_none() {
+        unit = None;
+    }
+    if let (Some(u), Some(last)) = (unit.as_mut(), staged.take())
+        && let Err(e) = stopped(u.flush(last).await)?
+    {
+        refusal = Some(e);
+        unit = None;
+    }
+    Ok(Issuing {
+        unit,
+        issued,
+        refusal,
+        rows_read,
+        id_sum: sum,
+    })
+}
+
+fn disagree() -> ImportError {
+    ImportError::Reader("two reads of the upload disagree about its rows".into())
+}
+
+/// Drops the sorted ids the intake stored for an import.
+async fn forget_stored_ids(conn: &mut PgConnection, import_id: Uuid) -> Result<(), ImportError> {
+    sqlx::query("DELETE FROM import_tag_ids WHERE import_id = $1")
+        .bind(import_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE imports SET clean_rows = NULL WHERE import_id = $1")
+        .bind(import_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes an import's reservation out of the registry (in the transaction that rejects it,
+/// when it is rejected).
+async fn release_reservation(
+    conn: &mut PgConnection,
+    import_id: Uuid,
+    tag_ids: &[Uuid],
+) -> Result<(), ImportError> {
+    for chunk in tag_ids.chunks(MAX_TAGS_PER_EVENT) {
+        sqlx::query("DELETE FROM tag_registry WHERE tag_id = ANY($1) AND import_id = $2")
+            .bind(chunk)
+            .bind(import_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query("UPDATE imports SET tags_reserved = false WHERE import_id = $1")
+        .bind(import_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Reserves the import's tags in the write side's registry with one binary `COPY`: the
+/// table takes the rows a page at a time, where an `INSERT` writes (and logs) them one by
+/// one. `tag_ids` come sorted: a million random UUIDs entered in key order cost the primary
+/// key index about a third of entering them in file order, and two imports reserving at
+/// once wait for each other in one order, never in a cycle. Returns false if a tag is in
+/// the registry already (the transaction is then aborted).
 async fn register(
     conn: &mut PgConnection,
     batch_id: Uuid,
+    import_id: Uuid,
     tag_ids: &[Uuid],
 ) -> Result<bool, ImportError> {
     let copied = async {
         let mut copy = conn
-            .copy_in_raw("COPY tag_registry (tag_id, batch_id) FROM STDIN WITH (FORMAT binary)")
+            .copy_in_raw(
+                "COPY tag_registry (tag_id, batch_id, import_id) FROM STDIN WITH (FORMAT binary)",
+            )
             .await?;
         // Signature, flags (no OIDs), header extension length (none).
         copy.send(&b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"[..])
             .await?;
         for chunk in tag_ids.chunks(REGISTRY_COPY_ROWS) {
-            copy.send(registry_rows(chunk, batch_id)).await?;
+            copy.send(registry_rows(chunk, batch_id, import_id)).await?;
         }
         copy.send(&(-1i16).to_be_bytes()[..]).await?;
         copy.finish().await
@@ -463,18 +652,21 @@ async fn register(
     }
 }
 
-/// Rows per message of the registry `COPY`: 42 bytes a row, about 1.7 MB a message.
+/// Bytes of one row of the registry `COPY`: a field count and three 16-byte `uuid` fields.
+const REGISTRY_ROW_BYTES: usize = 2 + 3 * (4 + 16);
+
+/// Rows per message of the registry `COPY`: about 2.5 MB a message.
 const REGISTRY_COPY_ROWS: usize = 40_000;
 
-/// Rows of `COPY ... (FORMAT binary)` input: two 16-byte `uuid` fields each.
-fn registry_rows(tag_ids: &[Uuid], batch_id: Uuid) -> Vec<u8> {
-    let mut out = Vec::with_capacity(tag_ids.len() * 42);
+/// Rows of `COPY ... (FORMAT binary)` input.
+fn registry_rows(tag_ids: &[Uuid], batch_id: Uuid, import_id: Uuid) -> Vec<u8> {
+    let mut out = Vec::with_capacity(tag_ids.len() * REGISTRY_ROW_BYTES);
     for tag_id in tag_ids {
-        out.extend_from_slice(&2i16.to_be_bytes());
-        out.extend_from_slice(&16i32.to_be_bytes());
-        out.extend_from_slice(tag_id.as_bytes());
-        out.extend_from_slice(&16i32.to_be_bytes());
-        out.extend_from_slice(batch_id.as_bytes());
+        out.extend_from_slice(&3i16.to_be_bytes());
+        for field in [tag_id, &batch_id, &import_id] {
+            out.extend_from_slice(&16i32.to_be_bytes());
+            out.extend_from_slice(field.as_bytes());
+        }
     }
     out
 }
@@ -502,10 +694,12 @@ async fn finish(
     .execute(&mut *conn)
     .await?;
     // The upload has served its purpose; its rows are not events and may go.
-    sqlx::query("DELETE FROM import_chunks WHERE import_id = $1")
-        .bind(import_id)
-        .execute(&mut *conn)
-        .await?;
+    for table in ["import_chunks", "import_tag_ids"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE import_id = $1"))
+            .bind(import_id)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -515,10 +709,9 @@ struct ScanReport {
     error_count: u64,
 }
 
-/// Reads the rows (blocking) and sends their tags in chunks, until the end of the file or
-/// its first bad row. Returns the number of rows, or `None` for a bad file: the caller then
-/// reads it again for the full report. Repeats are found by the caller, after the scan.
-fn scan(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Option<u64> {
+/// The read for the events: sends the rows' tags in chunks (blocking), until the end of the
+/// file or its first bad row. Returns the number of rows, or `None` for a bad file.
+fn scan(reader: ByteFeed<Vec<u8>>, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Option<u64> {
     let mut csv = TagCsv::new(reader).ok()?;
     let mut chunk: Vec<IssuedTag> = Vec::with_capacity(MAX_TAGS_PER_EVENT);
     while let Some(row) = csv.next_row() {
@@ -539,72 +732,28 @@ fn scan(reader: ChunkReader, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Option<u64
 }
 
 /// The stored upload as a `Read`, fetched one chunk at a time by an async task.
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
-    current: Vec<u8>,
-    offset: usize,
-    /// Set when the upload could not be read: the import is retried, not rejected.
-    failure: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl ChunkReader {
-    fn spawn(pool: PgPool, import_id: Uuid) -> ChunkReader {
-        let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        tokio::spawn(async move {
-            let mut seq: i32 = 0;
-            loop {
-                let data: Result<Option<Vec<u8>>, sqlx::Error> = sqlx::query_scalar(
-                    "SELECT data FROM import_chunks WHERE import_id = $1 AND seq = $2",
-                )
-                .bind(import_id)
-                .bind(seq)
-                .fetch_optional(&pool)
-                .await;
-                let item = match data {
-                    Ok(Some(d)) => Ok(d),
-                    Ok(None) => break,
-                    Err(e) => Err(e.to_string()),
-                };
-                let failed = item.is_err();
-                // A blocking send on a runtime thread: the channel is tiny and the reader
-                // drains it from its own blocking thread.
-                let tx = tx.clone();
-                let sent = tokio::task::spawn_blocking(move || tx.send(item)).await;
-                if failed || !matches!(sent, Ok(Ok(()))) {
-                    break;
-                }
-                seq += 1;
-            }
-        });
-        ChunkReader {
-            rx,
-            current: Vec::new(),
-            offset: 0,
-            failure: Default::default(),
-        }
-    }
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.offset == self.current.len() {
-            match self.rx.recv() {
-                Ok(Ok(next)) => {
-                    self.current = next;
-                    self.offset = 0;
-                }
-                Ok(Err(e)) => {
-                    if let Ok(mut f) = self.failure.lock() {
-                        *f = Some(e.clone());
-                    }
-                    return Err(std::io::Error::other(e));
-                }
-                Err(_) => return Ok(0),
+fn stored_upload(pool: PgPool, import_id: Uuid) -> ByteFeed<Vec<u8>> {
+    let (tx, feed) = ByteFeed::channel(2);
+    tokio::spawn(async move {
+        for seq in 0i32.. {
+            let data: Result<Option<Vec<u8>>, sqlx::Error> = sqlx::query_scalar(
+                "SELECT data FROM import_chunks WHERE import_id = $1 AND seq = $2",
+            )
+            .bind(import_id)
+            .bind(seq)
+            .fetch_optional(&pool)
+            .await;
+            let piece = match data {
+                Ok(Some(d)) => Ok(d),
+                Ok(None) => break,
+                Err(e) => Err(e.to_string()),
+            };
+            let failed = piece.is_err();
+            // A closed channel: the reader is done with the file.
+            if tx.send(piece).await.is_err() || failed {
+                break;
             }
         }
-        let n = buf.len().min(self.current.len() - self.offset);
-        buf[..n].copy_from_slice(&self.current[self.offset..self.offset + n]);
-        self.offset += n;
-        Ok(n)
-    }
+    });
+    feed
 }

@@ -240,7 +240,14 @@ pub(crate) async fn revoke_tag(
 ) -> Result<Response, ApiError> {
     caller.require_write()?;
     let batch_id: Option<Uuid> =
-        sqlx::query_scalar("SELECT batch_id FROM tag_registry WHERE tag_id = $1")
+        // A tag an unfinished import has only reserved (ADR 0012) is not issued yet.
+        sqlx::query_scalar(
+            "SELECT r.batch_id FROM tag_registry r
+              WHERE r.tag_id = $1
+                AND (r.import_id IS NULL
+                     OR EXISTS (SELECT 1 FROM imports i
+                                 WHERE i.import_id = r.import_id AND i.status = 'completed'))",
+        )
             .bind(tag_id)
             .fetch_optional(&state.pool)
             .await

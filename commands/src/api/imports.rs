@@ -16,7 +16,7 @@ use voketag_schemas::factory_api::{ImportDto, ImportErrorDto};
 use super::batches::visible_batch;
 use super::context::{Caller, Idempotency, command_error, once};
 use super::{AppState, db_error};
-use crate::import::{CHUNK_BYTES, NOTIFY_CHANNEL};
+use crate::import::{ByteFeed, CHUNK_BYTES, CleanIds, IDS_PER_PIECE, NOTIFY_CHANNEL};
 use crate::store::CommandError;
 
 fn payload_too_large(limit: u64) -> ApiError {
@@ -108,6 +108,10 @@ pub(crate) async fn create_import(
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
+        // The file is read as it arrives, on a blocking thread: if it is clean, its sorted
+        // tag ids are stored with it, and the worker reserves them at once (ADR 0012).
+        let (pieces, feed) = ByteFeed::channel(8);
+        let reader = tokio::task::spawn_blocking(move || CleanIds::read(feed));
         let mut stream = body.into_data_stream();
         let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
         let mut total: u64 = 0;
@@ -122,6 +126,8 @@ pub(crate) async fn create_import(
                     return Err(payload_too_large(limit));
                 }
                 buffer.extend_from_slice(&bytes);
+                // The reader stops at a bad row: the rest is not its business.
+                let _ = pieces.send(Ok(bytes)).await;
             }
             while buffer.len() >= CHUNK_BYTES || (done && !buffer.is_empty()) {
                 let take = buffer.len().min(CHUNK_BYTES);
@@ -143,9 +149,24 @@ pub(crate) async fn create_import(
         if total == 0 {
             return Err(ApiError::unprocessable("empty_file", "the file is empty: send a header row naming `tag_id`, then one tag per line"));
         }
-        sqlx::query("UPDATE imports SET content_bytes = $2 WHERE import_id = $1")
+        drop(pieces);
+        let clean = reader.await.map_err(ApiError::internal)?;
+        if let Some(clean) = &clean {
+            for (seq, piece) in clean.tag_ids.chunks(IDS_PER_PIECE).enumerate() {
+                let bytes: Vec<u8> = piece.iter().flat_map(|id| *id.as_bytes()).collect();
+                sqlx::query("INSERT INTO import_tag_ids (import_id, seq, ids) VALUES ($1, $2, $3)")
+                    .bind(import_id)
+                    .bind(seq as i32)
+                    .bind(bytes)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        sqlx::query("UPDATE imports SET content_bytes = $2, clean_rows = $3 WHERE import_id = $1")
             .bind(import_id)
             .bind(total as i64)
+            .bind(clean.map(|c| c.rows_read as i64))
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;

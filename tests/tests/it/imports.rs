@@ -53,6 +53,252 @@ async fn assert_nothing_issued(app: &TestApp) {
     );
 }
 
+/// What a worker killed after reserving an import's tags (and before its events committed)
+/// leaves behind: the tags in the registry under the import, the import marked as holding
+/// them, nothing else (ADR 0012).
+async fn leave_reserved(app: &TestApp, import: Uuid, batch: Uuid, ids: &[Uuid]) {
+    sqlx::query(
+        "INSERT INTO tag_registry (tag_id, batch_id, import_id) SELECT t, $2, $3 FROM UNNEST($1::uuid[]) t",
+    )
+    .bind(ids)
+    .bind(batch)
+    .bind(import)
+    .execute(app.pool())
+    .await
+    .expect("reserve");
+    sqlx::query(
+        "UPDATE imports SET tags_reserved = true, status = 'validating', attempts = 1 WHERE import_id = $1",
+    )
+    .bind(import)
+    .execute(app.pool())
+    .await
+    .expect("mark reserved");
+}
+
+/// The registry holds either none of the import's tags or all `n`, reserved under it, and
+/// nothing that counts as issued; the import is marked as holding them exactly when it does.
+async fn assert_reserved_or_nothing(app: &TestApp, import: Uuid, n: i64) {
+    let (all, reserved): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE import_id = $1) FROM tag_registry")
+            .bind(import)
+            .fetch_one(app.pool())
+            .await
+            .expect("registry");
+    assert!(
+        all == reserved && (all == 0 || all == n),
+        "{all} registry rows, {reserved} of them reserved by the import, of {n} tags"
+    );
+    let flagged: bool =
+        sqlx::query_scalar("SELECT tags_reserved FROM imports WHERE import_id = $1")
+            .bind(import)
+            .fetch_one(app.pool())
+            .await
+            .expect("tags_reserved");
+    assert_eq!(
+        flagged,
+        all == n,
+        "the import's mark matches its reservation"
+    );
+}
+
+async fn upload_ok(app: &TestApp, who: &As, batch: Uuid, body: Vec<u8>) -> Uuid {
+    let (status, accepted) = app.upload(who, batch, "text/csv", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    voketag_tests::id_of(&accepted)
+}
+
+#[tokio::test]
+async fn a_reservation_left_by_a_dead_worker_is_reused_and_each_tag_issued_once() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let ids: Vec<Uuid> = (0..12_345).map(|_| Uuid::new_v4()).collect();
+    let import = upload_ok(&app, &user, batch, csv_of(&ids)).await;
+    leave_reserved(&app, import, batch, &ids).await;
+
+    // Reserved is not issued: the tag cannot be revoked yet.
+    let revoke = format!("/v1/tags/{}/revoke", ids[7]);
+    let reason = serde_json::json!({"reason": "stolen"});
+    let (status, body) = app.post(&revoke, &user, reason.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    app.drain_imports().await;
+    let done = import_status(&app, &user, import).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["tags_issued"], 12_345);
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM tag_registry").await,
+        12_345
+    );
+    let issued = count(
+        &app,
+        "SELECT count(DISTINCT t->>'tag_id') FROM events, json_array_elements(payload->'TagsIssued'->'tags') t
+          WHERE event_type = 'TagsIssued'",
+    )
+    .await;
+    assert_eq!(issued, 12_345, "each tag issued exactly once");
+    let (status, body) = app.post(&revoke, &user, reason).await;
+    assert_eq!(status, StatusCode::OK, "issued now, so revocable: {body}");
+}
+
+#[tokio::test]
+async fn the_intake_stores_a_clean_files_sorted_ids_and_the_worker_checks_them_against_the_file() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let ids: Vec<Uuid> = (0..70_000).map(|_| Uuid::new_v4()).collect();
+    let id = upload_ok(&app, &user, batch, csv_of(&ids)).await;
+    let stored: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT ids FROM import_tag_ids WHERE import_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(app.pool())
+            .await
+            .expect("stored ids");
+    assert_eq!(stored.len(), 2, "65,536 ids a piece");
+    let stored: Vec<Uuid> = stored
+        .iter()
+        .flat_map(|p| p.chunks_exact(16))
+        .map(|b| Uuid::from_slice(b).expect("an id"))
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(stored, sorted);
+    let clean: Option<i64> =
+        sqlx::query_scalar("SELECT clean_rows FROM imports WHERE import_id = $1")
+            .bind(id)
+            .fetch_one(app.pool())
+            .await
+            .expect("clean_rows");
+    assert_eq!(clean, Some(70_000));
+
+    // Stored ids that are not the file's (one replaced): the worker gives the reservation
+    // back, forgets them, and reads the ids from the file on the next attempt.
+    let stranger = Uuid::new_v4();
+    sqlx::query("UPDATE import_tag_ids SET ids = overlay(ids placing $2 from 1 for 16) WHERE import_id = $1 AND seq = 0")
+        .bind(id)
+        .bind(stranger.as_bytes().as_slice())
+        .execute(app.pool())
+        .await
+        .expect("tamper");
+    let worker = voketag_workers::imports::ImportWorker::new(app.pool().clone());
+    let first = worker.process(id).await;
+    assert!(
+        matches!(first, Err(voketag_workers::imports::ImportError::Reader(_))),
+        "{first:?}"
+    );
+    assert_nothing_issued(&app).await;
+    assert_eq!(count(&app, "SELECT count(*) FROM import_tag_ids").await, 0);
+    let second = worker.process(id).await.expect("second attempt");
+    assert_eq!(
+        second,
+        voketag_workers::imports::Outcome::Completed {
+            tags_issued: 70_000
+        }
+    );
+    let registered: Vec<Uuid> =
+        sqlx::query_scalar("SELECT tag_id FROM tag_registry ORDER BY tag_id")
+            .fetch_all(app.pool())
+            .await
+            .expect("registry");
+    assert_eq!(registered, sorted, "the file's tags, not the stranger");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM import_tag_ids").await,
+        0,
+        "gone with the upload"
+    );
+
+    // A bad file stores no ids: the worker reads it for the full report.
+    let bad = upload_ok(&app, &user, batch, b"tag_id\nnot-a-uuid\n".to_vec()).await;
+    let clean: Option<i64> =
+        sqlx::query_scalar("SELECT clean_rows FROM imports WHERE import_id = $1")
+            .bind(bad)
+            .fetch_one(app.pool())
+            .await
+            .expect("clean_rows");
+    assert_eq!(clean, None);
+}
+
+#[tokio::test]
+async fn a_reservation_is_released_with_the_rejection_when_the_batch_refuses() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let ids: Vec<Uuid> = (0..15_000).map(|_| Uuid::new_v4()).collect();
+    let id = upload_ok(&app, &user, batch, csv_of(&ids)).await;
+    leave_reserved(&app, id, batch, &ids).await;
+    let (status, _) = app
+        .post(
+            &format!("/v1/batches/{batch}/recall"),
+            &user,
+            serde_json::json!({"reason": "contamination"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    app.drain_imports().await;
+    let done = import_status(&app, &user, id).await;
+    assert_eq!(done["status"], "rejected", "{done}");
+    assert_eq!(done["errors"][0]["code"], "batch.issue_into_finished_batch");
+    assert_nothing_issued(&app).await;
+    assert_reserved_or_nothing(&app, id, ids.len() as i64).await;
+
+    // The tags are free again: another batch takes them.
+    let product = app.product(&user, "09506000134369").await;
+    let other = app.batch(&user, product, "L-2").await;
+    let again = import(&app, &user, other, csv_of(&ids)).await;
+    assert_eq!(again["status"], "completed", "{again}");
+}
+
+#[tokio::test]
+async fn an_import_waits_for_tags_another_unfinished_import_reserved() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let product = app.product(&user, "09506000134369").await;
+    let other = app.batch(&user, product, "L-2").await;
+    let first_ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    let first = upload_ok(&app, &user, batch, csv_of(&first_ids)).await;
+    leave_reserved(&app, first, batch, &first_ids).await;
+    // Another worker is still at the first import: it holds the import's lock.
+    let mut holder = app.pool().acquire().await.expect("a connection");
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('import:' || $1::text, 0))")
+        .bind(first)
+        .execute(&mut *holder)
+        .await
+        .expect("lock");
+
+    let second = upload_ok(&app, &user, other, csv_of(&[Uuid::new_v4(), first_ids[1]])).await;
+    let worker = voketag_workers::imports::ImportWorker::new(app.pool().clone());
+    let outcome = worker.process(second).await;
+    assert!(
+        matches!(outcome, Err(voketag_workers::imports::ImportError::Reserved(id)) if id == first),
+        "{outcome:?}"
+    );
+    // Postponed, not rejected; and the pass goes on with whatever else there is.
+    assert_eq!(worker.drain().await.expect("drain"), 0);
+    let waiting = import_status(&app, &user, second).await;
+    assert_eq!(waiting["status"], "validating", "{waiting}");
+    assert_eq!(waiting["error_count"], 0);
+
+    // The first import ends rejected, its reservation released: the second goes through.
+    let (status, _) = app
+        .post(
+            &format!("/v1/batches/{batch}/recall"),
+            &user,
+            serde_json::json!({"reason": "contamination"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended('import:' || $1::text, 0))")
+        .bind(first)
+        .execute(&mut *holder)
+        .await
+        .expect("unlock");
+    drop(holder);
+    assert_eq!(worker.drain().await.expect("drain"), 2);
+    let first_done = import_status(&app, &user, first).await;
+    assert_eq!(first_done["status"], "rejected", "{first_done}");
+    let second_done = import_status(&app, &user, second).await;
+    assert_eq!(second_done["status"], "completed", "{second_done}");
+    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 2);
+}
+
 async fn import(app: &TestApp, who: &As, batch: Uuid, body: Vec<u8>) -> Value {
     let (status, accepted) = app.upload(who, batch, "text/csv", body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
@@ -435,7 +681,6 @@ async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
             .fetch_one(app.pool())
             .await
             .expect("status");
-        let registered = count(&app, "SELECT count(*) FROM tag_registry").await;
         let events = count(
             &app,
             "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'",
@@ -445,10 +690,11 @@ async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
             break;
         }
         assert_eq!(
-            (registered, events),
-            (0, 0),
-            "killed after {delay_ms} ms while {status}: nothing may be half-applied"
+            events, 0,
+            "killed after {delay_ms} ms while {status}: no event may be half-applied"
         );
+        // The registry holds nothing, or the whole file reserved for this import.
+        assert_reserved_or_nothing(&app, import, n as i64).await;
     }
 
     let mut worker = start_worker(&app);
