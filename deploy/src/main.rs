@@ -214,6 +214,12 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Work {
             worker: WorkCommand::Imports,
         } => {
+            anyhow::ensure!(
+                settings.db_max_connections >= voketag_workers::imports::CONNECTIONS,
+                "VOKETAG_DB_MAX_CONNECTIONS is {}: the imports worker needs at least {} (ADR 0012)",
+                settings.db_max_connections,
+                voketag_workers::imports::CONNECTIONS
+            );
             telemetry::init("imports-worker", &settings);
             roles::serve_metrics(&settings).await?;
             let pool = db::connect(&settings)

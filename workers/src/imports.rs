@@ -24,6 +24,10 @@ use voketag_domain::MAX_TAGS_PER_EVENT;
 use voketag_domain::batch::{Batch, BatchCommand, IssuedTag};
 use voketag_schemas::EventMetadata;
 
+/// Connections an import holds at once: its claim, the events' transaction, the
+/// reservation's, and a read of the upload.
+pub const CONNECTIONS: u32 = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error(transparent)]

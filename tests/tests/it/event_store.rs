@@ -541,3 +541,18 @@ async fn a_bad_setting_stops_the_binary_with_the_variable_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("VOKETAG_DB_MAX_CONNECTIONS"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_imports_worker_refuses_a_pool_too_small_for_an_import() {
+    let out = Command::new(voketag_binary())
+        .args(["work", "imports"])
+        .env("VOKETAG_DB_MAX_CONNECTIONS", "3")
+        .output()
+        .expect("run voketag");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("VOKETAG_DB_MAX_CONNECTIONS is 3") && stderr.contains("at least 4"),
+        "{stderr}"
+    );
+}

@@ -101,6 +101,17 @@ async fn assert_reserved_or_nothing(app: &TestApp, import: Uuid, n: i64) {
     );
 }
 
+async fn recall(app: &TestApp, who: &As, batch: Uuid) {
+    let (status, body) = app
+        .post(
+            &format!("/v1/batches/{batch}/recall"),
+            who,
+            serde_json::json!({"reason": "contamination"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 async fn upload_ok(app: &TestApp, who: &As, batch: Uuid, body: Vec<u8>) -> Uuid {
     let (status, accepted) = app.upload(who, batch, "text/csv", body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
@@ -223,14 +234,7 @@ async fn a_reservation_is_released_with_the_rejection_when_the_batch_refuses() {
     let ids: Vec<Uuid> = (0..15_000).map(|_| Uuid::new_v4()).collect();
     let id = upload_ok(&app, &user, batch, csv_of(&ids)).await;
     leave_reserved(&app, id, batch, &ids).await;
-    let (status, _) = app
-        .post(
-            &format!("/v1/batches/{batch}/recall"),
-            &user,
-            serde_json::json!({"reason": "contamination"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    recall(&app, &user, batch).await;
 
     app.drain_imports().await;
     let done = import_status(&app, &user, id).await;
@@ -277,14 +281,7 @@ async fn an_import_waits_for_tags_another_unfinished_import_reserved() {
     assert_eq!(waiting["error_count"], 0);
 
     // The first import ends rejected, its reservation released: the second goes through.
-    let (status, _) = app
-        .post(
-            &format!("/v1/batches/{batch}/recall"),
-            &user,
-            serde_json::json!({"reason": "contamination"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    recall(&app, &user, batch).await;
     sqlx::query("SELECT pg_advisory_unlock(hashtextextended('import:' || $1::text, 0))")
         .bind(first)
         .execute(&mut *holder)
@@ -601,14 +598,7 @@ async fn imports_into_a_recalled_batch_are_refused() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     // Recalled after upload, before the worker ran: the worker refuses it.
-    let (status, _) = app
-        .post(
-            &format!("/v1/batches/{batch}/recall"),
-            &user,
-            serde_json::json!({"reason": "contamination"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    recall(&app, &user, batch).await;
     app.drain_imports().await;
     let done = import_status(&app, &user, voketag_tests::id_of(&body)).await;
     assert_eq!(done["status"], "rejected", "{done}");
