@@ -462,6 +462,7 @@ async fn fold<M: ReadModel + Send + 'static>(
             continue;
         }
         for row in rows {
+            let cursor = format!("({tx_id}, {position})");
             (tx_id, position) = (row.tx_id, row.event.global_position);
             let e = row.event.into_envelope().expect("a readable event");
             let answer = model.apply(&e).await.expect("apply");
@@ -470,11 +471,24 @@ async fn fold<M: ReadModel + Send + 'static>(
             } else {
                 Applied::Applied
             };
-            assert_eq!(
-                answer, want,
-                "the fold: {} {} v{}",
-                e.aggregate_type, e.aggregate_id, e.sequence
-            );
+            if answer != want {
+                // Enough to tell a misordered log from a model that lost its state.
+                let history: Vec<(i64, String, i64, String)> = sqlx::query_as(
+                    "SELECT sequence, tx_id::text, global_position, recorded_at::text FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
+                )
+                .bind(&e.aggregate_type)
+                .bind(&e.aggregate_id)
+                .fetch_all(&store)
+                .await
+                .unwrap_or_default();
+                panic!(
+                    "the fold: {} {} v{} answered {answer:?}, wanted {want:?}; read after \
+                     {cursor} at ({tx_id}, {position}); the aggregate's events \
+                     (sequence, tx_id, position, recorded_at): {history:?}",
+                    e.aggregate_type, e.aggregate_id, e.sequence
+                );
+            }
             applied += 1;
         }
     }
