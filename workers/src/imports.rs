@@ -1,15 +1,15 @@
 //! The imports worker (`voketag work imports`). It claims a pending import with a
-//! session-level advisory lock (released by Postgres if the worker dies) and reads the
-//! stored upload twice at once, each read streaming it through the CSV validator one row at
-//! a time. The first collects the tag ids and reserves them in the tag registry, on a
-//! connection of its own; the second issues the tags in chunks of 10,000 inside one
-//! transaction that also marks the import completed, and commits after the reservation
-//! (ADR 0012). Any error — a bad row, a duplicate, a tag issued before, a batch that no
-//! longer accepts tags — rolls the events back and the import is rejected with every reason
-//! found, its reservation released in the same transaction. A worker killed at any point
-//! leaves either no events or all of them, and a reservation only while the import is
-//! unfinished; the import is then picked up again, reuses the reservation, and issues each
-//! tag exactly once.
+//! session-level advisory lock (released by Postgres if the worker dies). It reserves the
+//! file's sorted tag ids in the tag registry on a connection of its own — the ids the
+//! intake stored for a clean file, or else a read of the upload — while another read
+//! streams the upload through the CSV validator one row at a time and issues the tags in
+//! chunks of 10,000 inside one transaction that also marks the import completed, committed
+//! after the reservation once the two reads agree (ADR 0012). Any error — a bad row, a
+//! duplicate, a tag issued before, a batch that no longer accepts tags — rolls the events
+//! back and the import is rejected with every reason found, its reservation released in
+//! the same transaction. A worker killed at any point leaves either no events or all of
+//! them, and a reservation only while the import is unfinished; the import is then picked
+//! up again, reuses the reservation, and issues each tag exactly once.
 
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
@@ -496,7 +496,7 @@ fn stopped<T>(result: Result<T, CommandError>) -> Result<Result<T, RowError>, Im
     }
 }
 
-/// What the first read and the reservation came to.
+/// What the file's sorted ids and their reservation came to.
 enum Reservation {
     /// A bad row or a tag repeated inside the file: nothing reserved.
     BadFile,
@@ -507,7 +507,7 @@ enum Reservation {
     Held { rows_read: u64, tag_ids: Vec<Uuid> },
 }
 
-/// What the second read and the events came to.
+/// What the read of the file for the events came to.
 struct Issuing {
     /// The transaction holding the events; `None` once the batch refused a chunk.
     unit: Option<Unit<Batch>>,
