@@ -230,7 +230,6 @@ impl ImportWorker {
         // of the file feeds the events, chunk by chunk, to the unit's transaction at the
         // pace Postgres takes them. The reservation commits first, the events after it,
         // once both reads agree (ADR 0012).
-        let ids = self.clean_ids(import);
         let (tx_chunks, rx_chunks) = mpsc::channel::<Vec<IssuedTag>>(2);
         let chunks = self.read_upload(import_id, move |reader| scan(reader, tx_chunks));
         let unit = self
@@ -238,7 +237,7 @@ impl ImportWorker {
             .begin::<Batch>(&batch_id.to_string(), metadata)
             .await?;
         let (reservation, issuing) = tokio::join!(
-            self.reserve(import_id, batch_id, reserved_before, ids),
+            self.reserve(import_id, batch_id, reserved_before, self.clean_ids(import)),
             issue(unit, import_id, rx_chunks, chunks),
         );
         let reservation = reservation?;
@@ -345,39 +344,27 @@ impl ImportWorker {
     }
 
     /// The file's sorted tag ids: those the intake stored, or else a read of the file.
-    fn clean_ids(
-        &self,
-        import: &Claimed,
-    ) -> impl Future<Output = Result<Option<CleanIds>, ImportError>> + use<> {
-        let from_file = match import.stored_ids {
-            Some(_) => None,
-            None => Some(self.read_upload(import.import_id, CleanIds::read)),
+    async fn clean_ids(&self, import: &Claimed) -> Result<Option<CleanIds>, ImportError> {
+        let Some(rows_read) = import.stored_ids else {
+            return self.read_upload(import.import_id, CleanIds::read).await;
         };
-        let (pool, import_id, stored) = (self.pool.clone(), import.import_id, import.stored_ids);
-        async move {
-            if let Some(read) = from_file {
-                return read.await;
-            }
-            let pieces: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT ids FROM import_tag_ids WHERE import_id = $1 ORDER BY seq",
-            )
-            .bind(import_id)
-            .fetch_all(&pool)
-            .await?;
-            let tag_ids: Vec<Uuid> = pieces
-                .iter()
-                .flat_map(|p| p.chunks_exact(16))
-                .map(|b| Uuid::from_slice(b).map_err(|e| ImportError::Reader(e.to_string())))
-                .collect::<Result<_, _>>()?;
-            let rows_read = stored.unwrap_or_default();
-            if tag_ids.len() as u64 != rows_read {
-                return Err(ImportError::Reader(format!(
-                    "{} stored tag ids for {rows_read} rows",
-                    tag_ids.len()
-                )));
-            }
-            Ok(Some(CleanIds { rows_read, tag_ids }))
+        let pieces: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT ids FROM import_tag_ids WHERE import_id = $1 ORDER BY seq")
+                .bind(import.import_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let tag_ids: Vec<Uuid> = pieces
+            .iter()
+            .flat_map(|p| p.chunks_exact(16))
+            .map(|b| Uuid::from_slice(b).map_err(|e| ImportError::Reader(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        if tag_ids.len() as u64 != rows_read {
+            return Err(ImportError::Reader(format!(
+                "{} stored tag ids for {rows_read} rows",
+                tag_ids.len()
+            )));
         }
+        Ok(Some(CleanIds { rows_read, tag_ids }))
     }
 
     /// Runs `read` over the stored upload on a blocking thread, starting now; the returned
