@@ -124,11 +124,11 @@ pub async fn projection<M: Model>(pool: &PgPool, model: &M) -> Result<Lag, Proje
     let mut settled = false;
     for _ in 0..MAX_PAGES {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT tx_id::text AS tx_id, global_position, aggregate_type, aggregate_id, sequence,
-                    tx_id < pg_snapshot_xmin(pg_current_snapshot()) AS is_final
-               FROM events
-              WHERE (tx_id, global_position) > ($1::xid8, $2)
-              ORDER BY tx_id, global_position
+            "SELECT e.tx_id::text AS tx_id, global_position, aggregate_type, aggregate_id, sequence,
+                    e.tx_id < pg_snapshot_xmin(pg_current_snapshot()) AS is_final
+               FROM events e
+              WHERE (e.tx_id, e.global_position) > ($1::xid8, $2)
+              ORDER BY e.tx_id, e.global_position
               LIMIT $3",
         )
         .bind(&cursor.0)

@@ -57,10 +57,10 @@ impl Cursor {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, sqlx::Error> {
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT tx_id::text AS tx_id, {COLUMNS} FROM events
-              WHERE (tx_id, global_position) > ($1::xid8, $2)
-                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY tx_id, global_position
+            "SELECT e.tx_id::text AS tx_id, {COLUMNS} FROM events e
+              WHERE (e.tx_id, e.global_position) > ($1::xid8, $2)
+                AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY e.tx_id, e.global_position
               LIMIT $3"
         ))
         .bind(&self.tx_id)

@@ -4,6 +4,7 @@
 mod api;
 mod event_store;
 mod imports;
+mod order;
 mod parking;
 mod pipeline;
 mod projections;

@@ -446,10 +446,10 @@ async fn fold<M: ReadModel + Send + 'static>(
     let mut applied = 0;
     while applied < expected {
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT tx_id::text AS tx_id, {COLUMNS} FROM events
-              WHERE (tx_id, global_position) > ($1::xid8, $2)
-                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY tx_id, global_position
+            "SELECT e.tx_id::text AS tx_id, {COLUMNS} FROM events e
+              WHERE (e.tx_id, e.global_position) > ($1::xid8, $2)
+                AND e.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY e.tx_id, e.global_position
               LIMIT 500"
         ))
         .bind(&tx_id)
@@ -463,6 +463,13 @@ async fn fold<M: ReadModel + Send + 'static>(
         }
         for row in rows {
             let cursor = format!("({tx_id}, {position})");
+            let numeric = |tx: &str| tx.parse::<u64>().expect("a transaction id");
+            assert!(
+                (numeric(&row.tx_id), row.event.global_position) > (numeric(&tx_id), position),
+                "the store's order went back: ({}, {}) after {cursor}",
+                row.tx_id,
+                row.event.global_position
+            );
             (tx_id, position) = (row.tx_id, row.event.global_position);
             let e = row.event.into_envelope().expect("a readable event");
             let answer = model.apply(&e).await.expect("apply");
