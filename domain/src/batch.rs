@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use crate::product::text;
+
+mod tag_list;
 use crate::{MAX_TAGS_PER_EVENT, Market, RuleCode, RuleKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +111,8 @@ pub enum BatchEvent {
     BatchClosed,
     TagsIssued {
         import_id: Option<Uuid>,
+        /// Stored packed in columns since event version 2 (see [`tag_list`]).
+        #[serde(with = "tag_list")]
         tags: Vec<IssuedTag>,
     },
     TagRevoked {
@@ -192,8 +196,14 @@ impl DomainEvent for BatchEvent {
         }
         .into()
     }
+    /// `TagsIssued` is at version 2 since its tags are packed (ADR 0013); readers take
+    /// both versions.
     fn event_version(&self) -> String {
-        "1".into()
+        match self {
+            BatchEvent::TagsIssued { .. } => "2",
+            _ => "1",
+        }
+        .into()
     }
 }
 

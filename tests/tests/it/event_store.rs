@@ -4,7 +4,7 @@
 use std::process::Command;
 use uuid::Uuid;
 use voketag_commands::store::{CommandError, EventStore};
-use voketag_domain::batch::{Batch, BatchCommand};
+use voketag_domain::batch::{Batch, BatchCommand, IssuedTag};
 use voketag_domain::factory::{Factory, FactoryCommand};
 use voketag_domain::product::{NewProduct, Product, ProductCommand};
 use voketag_platform::db;
@@ -154,6 +154,84 @@ fn new_batch(factory_id: Uuid, product_id: Uuid) -> BatchCommand {
         sell_by: None,
         intended_markets: vec![],
     })
+}
+
+/// TagsIssued is stored packed since event version 2 (ADR 0013); events of version 1, written
+/// before, stay in the store as they are and are read as before, by the aggregate and by
+/// `issued_tags()`, which reads both for SQL.
+#[tokio::test]
+async fn tags_issued_of_version_1_still_read_and_new_ones_are_stored_packed() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, _, batch) = factory_product_batch(&store).await;
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let old = serde_json::json!({"TagsIssued": {"import_id": null, "tags": [
+        {"tag_id": ids[0], "serial": "SN-0"},
+        {"tag_id": ids[1]},
+    ]}});
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Batch', $1, 2, 'TagsIssued', '1', $2, '{}')",
+    )
+    .bind(&batch)
+    .bind(&old)
+    .execute(&db.pool)
+    .await
+    .expect("an event of version 1");
+
+    store
+        .execute::<Batch>(
+            &batch,
+            BatchCommand::IssueTags {
+                import_id: None,
+                tags: vec![
+                    IssuedTag {
+                        tag_id: ids[2],
+                        serial: None,
+                    },
+                    IssuedTag {
+                        tag_id: ids[3],
+                        serial: Some("SN-3".into()),
+                    },
+                ],
+            },
+            &meta(),
+            Some(2),
+        )
+        .await
+        .expect("issue after an event of version 1");
+    let loaded = store.load::<Batch>(&batch).await.expect("load");
+    assert_eq!(loaded.version, 3);
+    let state = loaded.aggregate.state.expect("a batch");
+    assert_eq!(state.tag_count, 4, "both versions counted");
+
+    let (version, shape): (String, String) = sqlx::query_as(
+        "SELECT event_version, json_typeof(payload->'TagsIssued'->'tags') FROM events
+          WHERE aggregate_id = $1 AND sequence = 3",
+    )
+    .bind(&batch)
+    .fetch_one(&db.pool)
+    .await
+    .expect("the new event");
+    assert_eq!((version.as_str(), shape.as_str()), ("2", "object"));
+
+    let read: Vec<(i64, i64, Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT e.sequence, t.ordinal, t.tag_id, t.serial FROM events e, issued_tags(e.payload) t
+          WHERE e.aggregate_id = $1 ORDER BY e.sequence, t.ordinal",
+    )
+    .bind(&batch)
+    .fetch_all(&db.pool)
+    .await
+    .expect("issued_tags");
+    assert_eq!(
+        read,
+        vec![
+            (2, 1, ids[0], Some("SN-0".into())),
+            (2, 2, ids[1], None),
+            (3, 1, ids[2], None),
+            (3, 2, ids[3], Some("SN-3".into())),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -142,7 +142,7 @@ async fn a_reservation_left_by_a_dead_worker_is_reused_and_each_tag_issued_once(
     );
     let issued = count(
         &app,
-        "SELECT count(DISTINCT t->>'tag_id') FROM events, json_array_elements(payload->'TagsIssued'->'tags') t
+        "SELECT count(DISTINCT t.tag_id) FROM events, issued_tags(payload) t
           WHERE event_type = 'TagsIssued'",
     )
     .await;
@@ -321,7 +321,7 @@ async fn a_clean_file_issues_every_tag_in_chunks_of_ten_thousand() {
     assert_eq!(done["error_count"], 0);
 
     let sizes: Vec<i64> = sqlx::query_scalar(
-        "SELECT json_array_length(payload->'TagsIssued'->'tags')::bigint FROM events
+        "SELECT (SELECT count(*) FROM issued_tags(payload)) FROM events
           WHERE event_type = 'TagsIssued' ORDER BY sequence",
     )
     .fetch_all(app.pool())
@@ -329,9 +329,8 @@ async fn a_clean_file_issues_every_tag_in_chunks_of_ten_thousand() {
     .expect("events");
     assert_eq!(sizes, [10_000, 10_000, 5_001]);
     let stored: Vec<String> = sqlx::query_scalar(
-        "SELECT t.value->>'tag_id'
-           FROM events, json_array_elements(payload->'TagsIssued'->'tags') WITH ORDINALITY t
-          WHERE event_type = 'TagsIssued' ORDER BY global_position, t.ordinality",
+        "SELECT t.tag_id::text FROM events, issued_tags(payload) t
+          WHERE event_type = 'TagsIssued' ORDER BY global_position, t.ordinal",
     )
     .fetch_all(app.pool())
     .await
@@ -712,7 +711,7 @@ async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
     );
     let issued: i64 = count(
         &app,
-        "SELECT count(DISTINCT t->>'tag_id') FROM events, json_array_elements(payload->'TagsIssued'->'tags') t
+        "SELECT count(DISTINCT t.tag_id) FROM events, issued_tags(payload) t
           WHERE event_type = 'TagsIssued'",
     )
     .await;
