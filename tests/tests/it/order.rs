@@ -86,15 +86,7 @@ async fn replay_and_lag_read_transactions_in_numeric_order_across_a_digit() {
         },
     )
     .await;
-    stored(
-        &db,
-        "99",
-        "Batch",
-        batch,
-        2,
-        BatchEvent::BatchActivated,
-    )
-    .await;
+    stored(&db, "99", "Batch", batch, 2, BatchEvent::BatchActivated).await;
     stored(
         &db,
         "100",
@@ -133,6 +125,10 @@ async fn replay_and_lag_read_transactions_in_numeric_order_across_a_digit() {
     let lag = voketag_workers::lag::projection(&db.pool, &model)
         .await
         .expect("lag after");
-    assert_eq!((lag.events_behind, lag.oldest_pending), (0, None), "{lag:?}");
+    assert_eq!(
+        (lag.events_behind, lag.oldest_pending),
+        (0, None),
+        "{lag:?}"
+    );
     delete_prefix(&redis, &prefix).await;
 }
