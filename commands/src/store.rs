@@ -158,6 +158,14 @@ impl CommandError {
     }
 }
 
+/// The registry's primary key, as a violation names it: the partitioned table's, or that of
+/// the partition that refused the row (migration `..._15`).
+pub const TAG_REGISTRY_KEYS: [&str; 3] = [
+    "tag_registry_pkey",
+    "tag_registry_0_pkey",
+    "tag_registry_1_pkey",
+];
+
 /// Unique constraints that express a business rule, with the answer they deserve.
 fn taken(constraint: &str) -> Option<(&'static str, &'static str)> {
     Some(match constraint {
@@ -169,7 +177,7 @@ fn taken(constraint: &str) -> Option<(&'static str, &'static str)> {
             "batch.lot_taken",
             "this product already has a batch with that lot",
         ),
-        "tag_registry_pkey" => (
+        c if TAG_REGISTRY_KEYS.contains(&c) => (
             "tag.already_issued",
             "a tag with that id was already issued",
         ),

@@ -216,7 +216,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         } => {
             anyhow::ensure!(
                 settings.db_max_connections >= voketag_workers::imports::CONNECTIONS,
-                "VOKETAG_DB_MAX_CONNECTIONS is {}: the imports worker needs at least {} (ADR 0012)",
+                "VOKETAG_DB_MAX_CONNECTIONS is {}: the imports worker needs at least {} (ADRs 0012, 0014)",
                 settings.db_max_connections,
                 voketag_workers::imports::CONNECTIONS
             );

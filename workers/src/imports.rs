@@ -24,9 +24,13 @@ use voketag_domain::MAX_TAGS_PER_EVENT;
 use voketag_domain::batch::{Batch, BatchCommand, IssuedTag};
 use voketag_schemas::EventMetadata;
 
-/// Connections an import holds at once: its claim, the events' transaction, the
-/// reservation's, and a read of the upload.
-pub const CONNECTIONS: u32 = 4;
+/// Connections an import holds at once: its claim, the events' transaction, the two
+/// halves of the reservation (ADR 0014), and a read of the upload.
+pub const CONNECTIONS: u32 = 5;
+
+/// The registry's two partitions split the id space at this first byte (migration
+/// `..._15`): lower ids go to `tag_registry_0`, the others to `tag_registry_1`.
+const REGISTRY_SPLIT: u8 = 0x80;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -167,13 +171,14 @@ impl ImportWorker {
             String,
             Uuid,
             bool,
+            bool,
             Option<i64>,
         );
         let row: Option<Row> = sqlx::query_as(
             "UPDATE imports SET status = 'validating', attempts = attempts + 1, updated_at = now()
               WHERE import_id = $1 AND status IN ('queued', 'validating', 'applying')
               RETURNING batch_id, actor, request_id, correlation_id, traceparent, factory_id, tags_reserved,
-                        clean_rows",
+                        reserving, clean_rows",
         )
         .bind(import_id)
         .fetch_optional(&self.pool)
@@ -186,6 +191,7 @@ impl ImportWorker {
             traceparent,
             factory_id,
             reserved,
+            reserving,
             clean_rows,
         )) = row
         else {
@@ -206,7 +212,13 @@ impl ImportWorker {
         let import = Claimed {
             import_id,
             batch_id,
-            reserved_before: reserved,
+            reserved_before: if reserved {
+                Prior::Held
+            } else if reserving {
+                Prior::Partial
+            } else {
+                Prior::None
+            },
             stored_ids: clean_rows.map(|n| n as u64),
         };
         let outcome = self.apply(&import, &metadata).await?;
@@ -277,7 +289,7 @@ impl ImportWorker {
                 (rows_read, Some(tag_ids))
             }
             Reservation::BadFile => {
-                if reserved_before {
+                if reserved_before != Prior::None {
                     // The read that reserved found every row good.
                     return Err(disagree());
                 }
@@ -314,13 +326,13 @@ impl ImportWorker {
         Ok(Outcome::Rejected { error_count })
     }
 
-    /// Waits for the file's sorted tag ids and reserves them for the import, on a
-    /// connection of its own, unless an earlier attempt did (`reserved_before`).
+    /// Waits for the file's sorted tag ids and reserves them for the import, on
+    /// connections of their own, unless an earlier attempt did (`reserved_before`).
     async fn reserve(
         &self,
         import_id: Uuid,
         batch_id: Uuid,
-        reserved_before: bool,
+        reserved_before: Prior,
         ids: impl Future<Output = Result<Option<CleanIds>, ImportError>>,
     ) -> Result<Reservation, ImportError> {
         let started = Instant::now();
@@ -328,16 +340,16 @@ impl ImportWorker {
             return Ok(Reservation::BadFile);
         };
         let read_ms = started.elapsed().as_millis() as u64;
-        if !reserved_before {
+        if reserved_before == Prior::Partial {
+            // An attempt stopped between the halves: start again from nothing.
             let mut tx = self.pool.begin().await?;
-            if !register(&mut tx, batch_id, import_id, &tag_ids).await? {
-                return Ok(Reservation::Taken { rows_read });
-            }
-            sqlx::query("UPDATE imports SET tags_reserved = true WHERE import_id = $1")
-                .bind(import_id)
-                .execute(&mut *tx)
-                .await?;
+            release_reservation(&mut tx, import_id, &tag_ids).await?;
             tx.commit().await?;
+        }
+        if reserved_before != Prior::Held
+            && !reserve_halves(&self.pool, batch_id, import_id, &tag_ids).await?
+        {
+            return Ok(Reservation::Taken { rows_read });
         }
         tracing::debug!(import.id = %import_id, read_ms, reserved_ms = started.elapsed().as_millis() as u64, "tags reserved");
         Ok(Reservation::Held { rows_read, tag_ids })
@@ -507,12 +519,22 @@ struct Issuing {
     id_sum: u128,
 }
 
+/// What earlier attempts left of an import's reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prior {
+    None,
+    /// One half may be in the registry (`imports.reserving`).
+    Partial,
+    /// Both halves are (`imports.tags_reserved`).
+    Held,
+}
+
 /// An import as the worker claimed it.
 struct Claimed {
     import_id: Uuid,
     batch_id: Uuid,
-    /// An earlier attempt reserved the file's tags.
-    reserved_before: bool,
+    /// What earlier attempts reserved of the file's tags.
+    reserved_before: Prior,
     /// The intake stored the sorted ids of this many rows.
     stored_ids: Option<u64>,
 }
@@ -601,14 +623,81 @@ async fn release_reservation(
             .execute(&mut *conn)
             .await?;
     }
-    sqlx::query("UPDATE imports SET tags_reserved = false WHERE import_id = $1")
+    sqlx::query("UPDATE imports SET tags_reserved = false, reserving = false WHERE import_id = $1")
         .bind(import_id)
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// Reserves the import's tags in the write side's registry with one binary `COPY`: the
+/// Reserves the import's sorted tags in the registry's two partitions at once, a
+/// transaction for each (ADR 0014); each half marks the import `reserving` as it commits,
+/// and the import is marked `tags_reserved` once both have. When a tag is taken, the half
+/// that went in is taken out again before this returns false: an import never holds part
+/// of a reservation while it is postponed or rejected. A half that failed otherwise
+/// leaves the mark for the next attempt, which starts again from nothing.
+async fn reserve_halves(
+    pool: &PgPool,
+    batch_id: Uuid,
+    import_id: Uuid,
+    tag_ids: &[Uuid],
+) -> Result<bool, ImportError> {
+    let (low, high) =
+        tag_ids.split_at(tag_ids.partition_point(|id| id.as_bytes()[0] < REGISTRY_SPLIT));
+    let (in_low, in_high) = tokio::join!(
+        reserve_half(pool, batch_id, import_id, low),
+        reserve_half(pool, batch_id, import_id, high),
+    );
+    let (in_low, in_high) = (in_low?, in_high?);
+    if in_low && in_high {
+        sqlx::query(
+            "UPDATE imports SET tags_reserved = true, reserving = false WHERE import_id = $1",
+        )
+        .bind(import_id)
+        .execute(pool)
+        .await?;
+        return Ok(true);
+    }
+    let went_in = match (in_low, in_high) {
+        (true, _) => low,
+        (_, true) => high,
+        _ => &[],
+    };
+    let mut tx = pool.begin().await?;
+    release_reservation(&mut tx, import_id, went_in).await?;
+    tx.commit().await?;
+    Ok(false)
+}
+
+/// One half of [`reserve_halves`]: false if a tag of it is in the registry already.
+async fn reserve_half(
+    pool: &PgPool,
+    batch_id: Uuid,
+    import_id: Uuid,
+    tag_ids: &[Uuid],
+) -> Result<bool, ImportError> {
+    if tag_ids.is_empty() {
+        return Ok(true);
+    }
+    let mut tx = pool.begin().await?;
+    // Not waiting for the disk here costs nothing in safety: the events' commit comes after
+    // this one in the log and waits for both, and if Postgres stops before then, the half
+    // is lost together with its mark.
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    if !register(&mut tx, batch_id, import_id, tag_ids).await? {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE imports SET reserving = true WHERE import_id = $1")
+        .bind(import_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Reserves tags in the write side's registry with one binary `COPY`: the
 /// table takes the rows a page at a time, where an `INSERT` writes (and logs) them one by
 /// one. `tag_ids` come sorted: a million random UUIDs entered in key order cost the primary
 /// key index about a third of entering them in file order, and two imports reserving at
@@ -638,7 +727,12 @@ async fn register(
     .await;
     match copied {
         Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(e)) if e.constraint() == Some("tag_registry_pkey") => Ok(false),
+        Err(sqlx::Error::Database(e))
+            if e.constraint()
+                .is_some_and(|c| voketag_commands::store::TAG_REGISTRY_KEYS.contains(&c)) =>
+        {
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }

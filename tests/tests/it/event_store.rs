@@ -234,6 +234,53 @@ async fn tags_issued_of_version_1_still_read_and_new_ones_are_stored_packed() {
     );
 }
 
+/// The registry is split in two partitions (ADR 0014); a tag issued twice is refused by
+/// either one's key with the same answer, and nothing of the refused command is stored.
+#[tokio::test]
+async fn a_tag_issued_twice_is_refused_in_either_half_of_the_registry() {
+    let db = TestDb::new().await;
+    let store = EventStore::new(db.pool.clone());
+    let (_, _, batch) = factory_product_batch(&store).await;
+    for first_byte in [0x00u8, 0x7f, 0x80, 0xff] {
+        let mut bytes = *Uuid::new_v4().as_bytes();
+        bytes[0] = first_byte;
+        let tag = IssuedTag {
+            tag_id: Uuid::from_bytes(bytes),
+            serial: None,
+        };
+        let issue = || BatchCommand::IssueTags {
+            import_id: None,
+            tags: vec![tag.clone()],
+        };
+        store
+            .execute::<Batch>(&batch, issue(), &meta(), None)
+            .await
+            .expect("first issue");
+        let err = store
+            .execute::<Batch>(&batch, issue(), &meta(), None)
+            .await
+            .expect_err("issued twice");
+        assert!(
+            matches!(
+                err,
+                CommandError::Taken {
+                    code: "tag.already_issued",
+                    ..
+                }
+            ),
+            "first byte {first_byte:#04x}: {err:?}"
+        );
+    }
+    let (registered, events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM tag_registry),
+                (SELECT count(*) FROM events WHERE event_type = 'TagsIssued')",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("counts");
+    assert_eq!((registered, events), (4, 4));
+}
+
 #[tokio::test]
 async fn a_second_writer_at_the_same_version_gets_a_conflict_with_the_current_version() {
     let db = TestDb::new().await;
@@ -624,13 +671,13 @@ async fn a_bad_setting_stops_the_binary_with_the_variable_named() {
 async fn the_imports_worker_refuses_a_pool_too_small_for_an_import() {
     let out = Command::new(voketag_binary())
         .args(["work", "imports"])
-        .env("VOKETAG_DB_MAX_CONNECTIONS", "3")
+        .env("VOKETAG_DB_MAX_CONNECTIONS", "4")
         .output()
         .expect("run voketag");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("VOKETAG_DB_MAX_CONNECTIONS is 3") && stderr.contains("at least 4"),
+        stderr.contains("VOKETAG_DB_MAX_CONNECTIONS is 4") && stderr.contains("at least 5"),
         "{stderr}"
     );
 }

@@ -57,6 +57,17 @@ async fn assert_nothing_issued(app: &TestApp) {
 /// leaves behind: the tags in the registry under the import, the import marked as holding
 /// them, nothing else (ADR 0012).
 async fn leave_reserved(app: &TestApp, import: Uuid, batch: Uuid, ids: &[Uuid]) {
+    leave_in_registry(app, import, batch, ids, "tags_reserved").await;
+}
+
+/// Whether the registry's lower partition takes this id (migration `..._15`).
+fn in_lower_half(id: &Uuid) -> bool {
+    id.as_bytes()[0] < 0x80
+}
+
+/// `ids` in the registry under the import, and the import claimed once, with `mark` set:
+/// `tags_reserved` (the whole reservation) or `reserving` (a half, ADR 0014).
+async fn leave_in_registry(app: &TestApp, import: Uuid, batch: Uuid, ids: &[Uuid], mark: &str) {
     sqlx::query(
         "INSERT INTO tag_registry (tag_id, batch_id, import_id) SELECT t, $2, $3 FROM UNNEST($1::uuid[]) t",
     )
@@ -66,38 +77,43 @@ async fn leave_reserved(app: &TestApp, import: Uuid, batch: Uuid, ids: &[Uuid]) 
     .execute(app.pool())
     .await
     .expect("reserve");
-    sqlx::query(
-        "UPDATE imports SET tags_reserved = true, status = 'validating', attempts = 1 WHERE import_id = $1",
-    )
+    sqlx::query(&format!(
+        "UPDATE imports SET {mark} = true, status = 'validating', attempts = 1 WHERE import_id = $1"
+    ))
     .bind(import)
     .execute(app.pool())
     .await
     .expect("mark reserved");
 }
 
-/// The registry holds either none of the import's tags or all `n`, reserved under it, and
-/// nothing that counts as issued; the import is marked as holding them exactly when it does.
-async fn assert_reserved_or_nothing(app: &TestApp, import: Uuid, n: i64) {
+/// The registry holds only tags reserved under the import, nothing that counts as issued:
+/// all of `ids` when the import is marked as holding them, one half or both while it is
+/// marked `reserving` (ADR 0014), none otherwise.
+async fn assert_reserved_or_nothing(app: &TestApp, import: Uuid, ids: &[Uuid]) {
+    let n = ids.len() as i64;
+    let low = ids.iter().filter(|id| in_lower_half(id)).count() as i64;
     let (all, reserved): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE import_id = $1) FROM tag_registry")
             .bind(import)
             .fetch_one(app.pool())
             .await
             .expect("registry");
-    assert!(
-        all == reserved && (all == 0 || all == n),
-        "{all} registry rows, {reserved} of them reserved by the import, of {n} tags"
-    );
-    let flagged: bool =
-        sqlx::query_scalar("SELECT tags_reserved FROM imports WHERE import_id = $1")
+    let (held, reserving): (bool, bool) =
+        sqlx::query_as("SELECT tags_reserved, reserving FROM imports WHERE import_id = $1")
             .bind(import)
             .fetch_one(app.pool())
             .await
-            .expect("tags_reserved");
-    assert_eq!(
-        flagged,
-        all == n,
-        "the import's mark matches its reservation"
+            .expect("marks");
+    let allowed: &[i64] = match (held, reserving) {
+        (true, false) => &[n],
+        (false, true) => &[low, n - low, n],
+        (false, false) => &[0],
+        (true, true) => &[],
+    };
+    assert!(
+        all == reserved && allowed.contains(&all),
+        "{all} registry rows, {reserved} of them reserved by the import, of {n} tags \
+         ({low} in the lower half); marked held: {held}, reserving: {reserving}"
     );
 }
 
@@ -227,6 +243,48 @@ async fn the_intake_stores_a_clean_files_sorted_ids_and_the_worker_checks_them_a
     assert_eq!(clean, None);
 }
 
+/// A worker killed between the two halves of a reservation (ADR 0014) leaves one half in
+/// the registry and the import marked `reserving`: the next attempt takes it out, reserves
+/// the whole file again, and issues each tag once.
+#[tokio::test]
+async fn half_a_reservation_left_by_a_dead_worker_is_taken_out_and_each_tag_issued_once() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let ids: Vec<Uuid> = (0..5_000).map(|_| Uuid::new_v4()).collect();
+    let import = upload_ok(&app, &user, batch, csv_of(&ids)).await;
+    let low: Vec<Uuid> = ids.iter().copied().filter(in_lower_half).collect();
+    leave_in_registry(&app, import, batch, &low, "reserving").await;
+    assert_reserved_or_nothing(&app, import, &ids).await;
+
+    app.drain_imports().await;
+    let done = import_status(&app, &user, import).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["tags_issued"], 5_000);
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT count(*) FROM tag_registry WHERE import_id = '{import}'")
+        )
+        .await,
+        5_000
+    );
+    let (issued, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT t.tag_id) FROM events, issued_tags(payload) t
+          WHERE event_type = 'TagsIssued'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .expect("issued tags");
+    assert_eq!((issued, distinct), (5_000, 5_000), "each tag issued once");
+    let (held, reserving): (bool, bool) =
+        sqlx::query_as("SELECT tags_reserved, reserving FROM imports WHERE import_id = $1")
+            .bind(import)
+            .fetch_one(app.pool())
+            .await
+            .expect("marks");
+    assert_eq!((held, reserving), (true, false));
+}
+
 #[tokio::test]
 async fn a_reservation_is_released_with_the_rejection_when_the_batch_refuses() {
     let app = spawn_app().await;
@@ -241,7 +299,7 @@ async fn a_reservation_is_released_with_the_rejection_when_the_batch_refuses() {
     assert_eq!(done["status"], "rejected", "{done}");
     assert_eq!(done["errors"][0]["code"], "batch.issue_into_finished_batch");
     assert_nothing_issued(&app).await;
-    assert_reserved_or_nothing(&app, id, ids.len() as i64).await;
+    assert_reserved_or_nothing(&app, id, &ids).await;
 
     // The tags are free again: another batch takes them.
     let product = app.product(&user, "09506000134369").await;
@@ -501,11 +559,17 @@ async fn repeats_far_apart_are_reported_in_file_order_among_other_errors() {
 async fn tags_issued_before_are_refused_with_their_lines() {
     let app = spawn_app().await;
     let (user, batch) = setup(&app).await;
-    let old: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    // The reservation's lower half goes in, its upper half meets the old tag (ADR 0014).
+    let with_first_byte = |b: u8| {
+        let mut bytes = *Uuid::new_v4().as_bytes();
+        bytes[0] = b;
+        Uuid::from_bytes(bytes)
+    };
+    let old: Vec<Uuid> = [0x20, 0xc0, 0x40].map(with_first_byte).to_vec();
     let first = import(&app, &user, batch, csv_of(&old)).await;
     assert_eq!(first["status"], "completed", "{first}");
 
-    let fresh = Uuid::new_v4();
+    let fresh = with_first_byte(0x10);
     let second = import(&app, &user, batch, csv_of(&[fresh, old[1]])).await;
     assert_eq!(second["status"], "rejected", "{second}");
     assert_eq!(second["error_count"], 1);
@@ -514,8 +578,15 @@ async fn tags_issued_before_are_refused_with_their_lines() {
     assert_eq!(
         count(&app, "SELECT count(*) FROM tag_registry").await,
         3,
-        "the fresh tag was not issued either"
+        "the fresh tag was not issued, nor left reserved"
     );
+    let marks: (bool, bool) =
+        sqlx::query_as("SELECT tags_reserved, reserving FROM imports WHERE import_id = $1")
+            .bind(voketag_tests::id_of(&second))
+            .fetch_one(app.pool())
+            .await
+            .expect("marks");
+    assert_eq!(marks, (false, false));
 }
 
 #[tokio::test]
@@ -683,7 +754,7 @@ async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
             "killed after {delay_ms} ms while {status}: no event may be half-applied"
         );
         // The registry holds nothing, or the whole file reserved for this import.
-        assert_reserved_or_nothing(&app, import, n as i64).await;
+        assert_reserved_or_nothing(&app, import, &ids).await;
     }
 
     let mut worker = start_worker(&app);
