@@ -650,12 +650,18 @@ async fn reserve_halves(
     );
     let (in_low, in_high) = (in_low?, in_high?);
     if in_low && in_high {
+        // Made durable by the events' commit, like the halves; lost, it leaves `reserving`.
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE imports SET tags_reserved = true, reserving = false WHERE import_id = $1",
         )
         .bind(import_id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         return Ok(true);
     }
     let went_in = match (in_low, in_high) {
