@@ -5,11 +5,15 @@
 -- imports worker (`REGISTRY_SPLIT`).
 ALTER TABLE tag_registry RENAME TO tag_registry_unpartitioned;
 ALTER INDEX tag_registry_pkey RENAME TO tag_registry_unpartitioned_pkey;
+-- A row entered by a single command names its batch; one an import reserved names the
+-- import, and through it its batch (rows of imports completed before this migration name
+-- both): a narrower row, cheaper to enter a million at a time.
 CREATE TABLE tag_registry (
     tag_id    uuid NOT NULL,
-    batch_id  uuid NOT NULL,
+    batch_id  uuid,
     import_id uuid,
-    PRIMARY KEY (tag_id)
+    PRIMARY KEY (tag_id),
+    CONSTRAINT tag_registry_names_its_batch CHECK (batch_id IS NOT NULL OR import_id IS NOT NULL)
 ) PARTITION BY RANGE (tag_id);
 CREATE TABLE tag_registry_0 PARTITION OF tag_registry
     FOR VALUES FROM (MINVALUE) TO ('80000000-0000-0000-0000-000000000000');

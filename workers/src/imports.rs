@@ -249,7 +249,7 @@ impl ImportWorker {
             .begin::<Batch>(&batch_id.to_string(), metadata)
             .await?;
         let (reservation, issuing) = tokio::join!(
-            self.reserve(import_id, batch_id, reserved_before, self.clean_ids(import)),
+            self.reserve(import_id, reserved_before, self.clean_ids(import)),
             issue(unit, import_id, rx_chunks, chunks),
         );
         let reservation = reservation?;
@@ -331,7 +331,6 @@ impl ImportWorker {
     async fn reserve(
         &self,
         import_id: Uuid,
-        batch_id: Uuid,
         reserved_before: Prior,
         ids: impl Future<Output = Result<Option<CleanIds>, ImportError>>,
     ) -> Result<Reservation, ImportError> {
@@ -347,7 +346,7 @@ impl ImportWorker {
             tx.commit().await?;
         }
         if reserved_before != Prior::Held
-            && !reserve_halves(&self.pool, batch_id, import_id, &tag_ids).await?
+            && !reserve_halves(&self.pool, import_id, &tag_ids).await?
         {
             return Ok(Reservation::Taken { rows_read });
         }
@@ -638,15 +637,14 @@ async fn release_reservation(
 /// leaves the mark for the next attempt, which starts again from nothing.
 async fn reserve_halves(
     pool: &PgPool,
-    batch_id: Uuid,
     import_id: Uuid,
     tag_ids: &[Uuid],
 ) -> Result<bool, ImportError> {
     let (low, high) =
         tag_ids.split_at(tag_ids.partition_point(|id| id.as_bytes()[0] < REGISTRY_SPLIT));
     let (in_low, in_high) = tokio::join!(
-        reserve_half(pool, batch_id, import_id, low),
-        reserve_half(pool, batch_id, import_id, high),
+        reserve_half(pool, import_id, low),
+        reserve_half(pool, import_id, high),
     );
     let (in_low, in_high) = (in_low?, in_high?);
     if in_low && in_high {
@@ -678,7 +676,6 @@ async fn reserve_halves(
 /// One half of [`reserve_halves`]: false if a tag of it is in the registry already.
 async fn reserve_half(
     pool: &PgPool,
-    batch_id: Uuid,
     import_id: Uuid,
     tag_ids: &[Uuid],
 ) -> Result<bool, ImportError> {
@@ -692,7 +689,7 @@ async fn reserve_half(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    if !register(&mut tx, batch_id, import_id, tag_ids).await? {
+    if !register(&mut tx, import_id, tag_ids).await? {
         return Ok(false);
     }
     sqlx::query("UPDATE imports SET reserving = true WHERE import_id = $1")
@@ -707,25 +704,23 @@ async fn reserve_half(
 /// table takes the rows a page at a time, where an `INSERT` writes (and logs) them one by
 /// one. `tag_ids` come sorted: a million random UUIDs entered in key order cost the primary
 /// key index about a third of entering them in file order, and two imports reserving at
-/// once wait for each other in one order, never in a cycle. Returns false if a tag is in
-/// the registry already (the transaction is then aborted).
+/// once wait for each other in one order, never in a cycle. The rows name the import, and
+/// through it their batch (migration `..._15`). Returns false if a tag is in the registry
+/// already (the transaction is then aborted).
 async fn register(
     conn: &mut PgConnection,
-    batch_id: Uuid,
     import_id: Uuid,
     tag_ids: &[Uuid],
 ) -> Result<bool, ImportError> {
     let copied = async {
         let mut copy = conn
-            .copy_in_raw(
-                "COPY tag_registry (tag_id, batch_id, import_id) FROM STDIN WITH (FORMAT binary)",
-            )
+            .copy_in_raw("COPY tag_registry (tag_id, import_id) FROM STDIN WITH (FORMAT binary)")
             .await?;
         // Signature, flags (no OIDs), header extension length (none).
         copy.send(&b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"[..])
             .await?;
         for chunk in tag_ids.chunks(REGISTRY_COPY_ROWS) {
-            copy.send(registry_rows(chunk, batch_id, import_id)).await?;
+            copy.send(registry_rows(chunk, import_id)).await?;
         }
         copy.send(&(-1i16).to_be_bytes()[..]).await?;
         copy.finish().await
@@ -743,18 +738,18 @@ async fn register(
     }
 }
 
-/// Bytes of one row of the registry `COPY`: a field count and three 16-byte `uuid` fields.
-const REGISTRY_ROW_BYTES: usize = 2 + 3 * (4 + 16);
+/// Bytes of one row of the registry `COPY`: a field count and two 16-byte `uuid` fields.
+const REGISTRY_ROW_BYTES: usize = 2 + 2 * (4 + 16);
 
-/// Rows per message of the registry `COPY`: about 2.5 MB a message.
+/// Rows per message of the registry `COPY`: about 1.7 MB a message.
 const REGISTRY_COPY_ROWS: usize = 40_000;
 
 /// Rows of `COPY ... (FORMAT binary)` input.
-fn registry_rows(tag_ids: &[Uuid], batch_id: Uuid, import_id: Uuid) -> Vec<u8> {
+fn registry_rows(tag_ids: &[Uuid], import_id: Uuid) -> Vec<u8> {
     let mut out = Vec::with_capacity(tag_ids.len() * REGISTRY_ROW_BYTES);
     for tag_id in tag_ids {
-        out.extend_from_slice(&3i16.to_be_bytes());
-        for field in [tag_id, &batch_id, &import_id] {
+        out.extend_from_slice(&2i16.to_be_bytes());
+        for field in [tag_id, &import_id] {
             out.extend_from_slice(&16i32.to_be_bytes());
             out.extend_from_slice(field.as_bytes());
         }

@@ -240,13 +240,12 @@ pub(crate) async fn revoke_tag(
 ) -> Result<Response, ApiError> {
     caller.require_write()?;
     let batch_id: Option<Uuid> =
-        // A tag an unfinished import has only reserved (ADR 0012) is not issued yet.
+        // A tag an unfinished import has only reserved (ADR 0012) is not issued yet; an
+        // import's rows name their batch through the import (ADR 0014).
         sqlx::query_scalar(
-            "SELECT r.batch_id FROM tag_registry r
-              WHERE r.tag_id = $1
-                AND (r.import_id IS NULL
-                     OR EXISTS (SELECT 1 FROM imports i
-                                 WHERE i.import_id = r.import_id AND i.status = 'completed'))",
+            "SELECT coalesce(r.batch_id, i.batch_id)
+               FROM tag_registry r LEFT JOIN imports i ON i.import_id = r.import_id
+              WHERE r.tag_id = $1 AND (r.import_id IS NULL OR i.status = 'completed')",
         )
             .bind(tag_id)
             .fetch_optional(&state.pool)

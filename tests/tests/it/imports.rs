@@ -56,8 +56,8 @@ async fn assert_nothing_issued(app: &TestApp) {
 /// What a worker killed after reserving an import's tags (and before its events committed)
 /// leaves behind: the tags in the registry under the import, the import marked as holding
 /// them, nothing else (ADR 0012).
-async fn leave_reserved(app: &TestApp, import: Uuid, batch: Uuid, ids: &[Uuid]) {
-    leave_in_registry(app, import, batch, ids, "tags_reserved").await;
+async fn leave_reserved(app: &TestApp, import: Uuid, ids: &[Uuid]) {
+    leave_in_registry(app, import, ids, "tags_reserved").await;
 }
 
 /// Whether the registry's lower partition takes this id (migration `..._15`).
@@ -67,12 +67,11 @@ fn in_lower_half(id: &Uuid) -> bool {
 
 /// `ids` in the registry under the import, and the import claimed once, with `mark` set:
 /// `tags_reserved` (the whole reservation) or `reserving` (a half, ADR 0014).
-async fn leave_in_registry(app: &TestApp, import: Uuid, batch: Uuid, ids: &[Uuid], mark: &str) {
+async fn leave_in_registry(app: &TestApp, import: Uuid, ids: &[Uuid], mark: &str) {
     sqlx::query(
-        "INSERT INTO tag_registry (tag_id, batch_id, import_id) SELECT t, $2, $3 FROM UNNEST($1::uuid[]) t",
+        "INSERT INTO tag_registry (tag_id, import_id) SELECT t, $2 FROM UNNEST($1::uuid[]) t",
     )
     .bind(ids)
-    .bind(batch)
     .bind(import)
     .execute(app.pool())
     .await
@@ -140,7 +139,7 @@ async fn a_reservation_left_by_a_dead_worker_is_reused_and_each_tag_issued_once(
     let (user, batch) = setup(&app).await;
     let ids: Vec<Uuid> = (0..12_345).map(|_| Uuid::new_v4()).collect();
     let import = upload_ok(&app, &user, batch, csv_of(&ids)).await;
-    leave_reserved(&app, import, batch, &ids).await;
+    leave_reserved(&app, import, &ids).await;
 
     // Reserved is not issued: the tag cannot be revoked yet.
     let revoke = format!("/v1/tags/{}/revoke", ids[7]);
@@ -253,7 +252,7 @@ async fn half_a_reservation_left_by_a_dead_worker_is_taken_out_and_each_tag_issu
     let ids: Vec<Uuid> = (0..5_000).map(|_| Uuid::new_v4()).collect();
     let import = upload_ok(&app, &user, batch, csv_of(&ids)).await;
     let low: Vec<Uuid> = ids.iter().copied().filter(in_lower_half).collect();
-    leave_in_registry(&app, import, batch, &low, "reserving").await;
+    leave_in_registry(&app, import, &low, "reserving").await;
     assert_reserved_or_nothing(&app, import, &ids).await;
 
     app.drain_imports().await;
@@ -291,7 +290,7 @@ async fn a_reservation_is_released_with_the_rejection_when_the_batch_refuses() {
     let (user, batch) = setup(&app).await;
     let ids: Vec<Uuid> = (0..15_000).map(|_| Uuid::new_v4()).collect();
     let id = upload_ok(&app, &user, batch, csv_of(&ids)).await;
-    leave_reserved(&app, id, batch, &ids).await;
+    leave_reserved(&app, id, &ids).await;
     recall(&app, &user, batch).await;
 
     app.drain_imports().await;
@@ -316,7 +315,7 @@ async fn an_import_waits_for_tags_another_unfinished_import_reserved() {
     let other = app.batch(&user, product, "L-2").await;
     let first_ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     let first = upload_ok(&app, &user, batch, csv_of(&first_ids)).await;
-    leave_reserved(&app, first, batch, &first_ids).await;
+    leave_reserved(&app, first, &first_ids).await;
     // Another worker is still at the first import: it holds the import's lock.
     let mut holder = app.pool().acquire().await.expect("a connection");
     sqlx::query("SELECT pg_advisory_lock(hashtextextended('import:' || $1::text, 0))")
