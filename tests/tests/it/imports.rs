@@ -97,12 +97,7 @@ async fn assert_reserved_or_nothing(app: &TestApp, import: Uuid, ids: &[Uuid]) {
             .fetch_one(app.pool())
             .await
             .expect("registry");
-    let (held, reserving): (bool, bool) =
-        sqlx::query_as("SELECT tags_reserved, reserving FROM imports WHERE import_id = $1")
-            .bind(import)
-            .fetch_one(app.pool())
-            .await
-            .expect("marks");
+    let (held, reserving) = marks(app, import).await;
     let allowed: &[i64] = match (held, reserving) {
         (true, false) => &[n],
         (false, true) => &[low, n - low, n],
@@ -127,6 +122,41 @@ async fn recall(app: &TestApp, who: &As, batch: Uuid) {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// The import's marks: (`tags_reserved`, `reserving`).
+async fn marks(app: &TestApp, import: Uuid) -> (bool, bool) {
+    sqlx::query_as("SELECT tags_reserved, reserving FROM imports WHERE import_id = $1")
+        .bind(import)
+        .fetch_one(app.pool())
+        .await
+        .expect("marks")
+}
+
+/// After the worker ran: the import completed with its `n` tags, all in the registry under
+/// it, each in exactly one event.
+async fn assert_completed_once(app: &TestApp, who: &As, import: Uuid, n: u64) {
+    let done = import_status(app, who, import).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["tags_issued"], n);
+    let registered = count(
+        app,
+        &format!("SELECT count(*) FROM tag_registry WHERE import_id = '{import}'"),
+    )
+    .await;
+    let (issued, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT t.tag_id) FROM events, issued_tags(payload) t
+          WHERE event_type = 'TagsIssued'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .expect("issued tags");
+    let n = n as i64;
+    assert_eq!(
+        (registered, issued, distinct),
+        (n, n, n),
+        "each tag issued once"
+    );
+}
+
 async fn upload_ok(app: &TestApp, who: &As, batch: Uuid, body: Vec<u8>) -> Uuid {
     let (status, accepted) = app.upload(who, batch, "text/csv", body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
@@ -148,20 +178,7 @@ async fn a_reservation_left_by_a_dead_worker_is_reused_and_each_tag_issued_once(
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     app.drain_imports().await;
-    let done = import_status(&app, &user, import).await;
-    assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["tags_issued"], 12_345);
-    assert_eq!(
-        count(&app, "SELECT count(*) FROM tag_registry").await,
-        12_345
-    );
-    let issued = count(
-        &app,
-        "SELECT count(DISTINCT t.tag_id) FROM events, issued_tags(payload) t
-          WHERE event_type = 'TagsIssued'",
-    )
-    .await;
-    assert_eq!(issued, 12_345, "each tag issued exactly once");
+    assert_completed_once(&app, &user, import, 12_345).await;
     let (status, body) = app.post(&revoke, &user, reason).await;
     assert_eq!(status, StatusCode::OK, "issued now, so revocable: {body}");
 }
@@ -256,32 +273,8 @@ async fn half_a_reservation_left_by_a_dead_worker_is_taken_out_and_each_tag_issu
     assert_reserved_or_nothing(&app, import, &ids).await;
 
     app.drain_imports().await;
-    let done = import_status(&app, &user, import).await;
-    assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["tags_issued"], 5_000);
-    assert_eq!(
-        count(
-            &app,
-            &format!("SELECT count(*) FROM tag_registry WHERE import_id = '{import}'")
-        )
-        .await,
-        5_000
-    );
-    let (issued, distinct): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(DISTINCT t.tag_id) FROM events, issued_tags(payload) t
-          WHERE event_type = 'TagsIssued'",
-    )
-    .fetch_one(app.pool())
-    .await
-    .expect("issued tags");
-    assert_eq!((issued, distinct), (5_000, 5_000), "each tag issued once");
-    let (held, reserving): (bool, bool) =
-        sqlx::query_as("SELECT tags_reserved, reserving FROM imports WHERE import_id = $1")
-            .bind(import)
-            .fetch_one(app.pool())
-            .await
-            .expect("marks");
-    assert_eq!((held, reserving), (true, false));
+    assert_completed_once(&app, &user, import, 5_000).await;
+    assert_eq!(marks(&app, import).await, (true, false));
 }
 
 #[tokio::test]
@@ -579,13 +572,10 @@ async fn tags_issued_before_are_refused_with_their_lines() {
         3,
         "the fresh tag was not issued, nor left reserved"
     );
-    let marks: (bool, bool) =
-        sqlx::query_as("SELECT tags_reserved, reserving FROM imports WHERE import_id = $1")
-            .bind(voketag_tests::id_of(&second))
-            .fetch_one(app.pool())
-            .await
-            .expect("marks");
-    assert_eq!(marks, (false, false));
+    assert_eq!(
+        marks(&app, voketag_tests::id_of(&second)).await,
+        (false, false)
+    );
 }
 
 #[tokio::test]
