@@ -1,15 +1,17 @@
 //! The imports worker (`voketag work imports`). It claims a pending import with a
 //! session-level advisory lock (released by Postgres if the worker dies). It reserves the
-//! file's sorted tag ids in the tag registry on a connection of its own — the ids the
-//! intake stored for a clean file, or else a read of the upload — while another read
-//! streams the upload through the CSV validator one row at a time and issues the tags in
-//! chunks of 10,000 inside one transaction that also marks the import completed, committed
-//! after the reservation once the two reads agree (ADR 0012). Any error — a bad row, a
-//! duplicate, a tag issued before, a batch that no longer accepts tags — rolls the events
-//! back and the import is rejected with every reason found, its reservation released in
-//! the same transaction. A worker killed at any point leaves either no events or all of
-//! them, and a reservation only while the import is unfinished; the import is then picked
-//! up again, reuses the reservation, and issues each tag exactly once.
+//! file's sorted tag ids in the tag registry — the ids the intake stored for a clean file,
+//! or else a read of the upload — in two halves at once, one per partition, each on a
+//! connection of its own (ADRs 0012, 0014), while another read streams the upload through
+//! the CSV validator one row at a time and issues the tags in chunks of 10,000 inside one
+//! transaction that also marks the import completed, committed after the reservation once
+//! the two reads agree. Any error — a bad row, a duplicate, a tag issued before, a batch
+//! that no longer accepts tags — rolls the events back and the import is rejected with
+//! every reason found, its reservation released in the same transaction. A worker killed at
+//! any point leaves either no events or all of them, and a reservation (whole, or one half
+//! marked `reserving`) only while the import is unfinished; the import is then picked up
+//! again, reuses a whole reservation or takes a half one out, and issues each tag exactly
+//! once.
 
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
@@ -24,9 +26,10 @@ use voketag_domain::MAX_TAGS_PER_EVENT;
 use voketag_domain::batch::{Batch, BatchCommand, IssuedTag};
 use voketag_schemas::EventMetadata;
 
-/// Connections an import holds at once: its claim, the events' transaction, the two
-/// halves of the reservation (ADR 0014), and a read of the upload.
-pub const CONNECTIONS: u32 = 5;
+/// Connections the worker holds at once: the listener for the intake's NOTIFY, and for an
+/// import its claim, the events' transaction, the two halves of the reservation (ADR 0014)
+/// and a read of the upload.
+pub const CONNECTIONS: u32 = 6;
 
 /// The registry's two partitions split the id space at this first byte (migration
 /// `..._15`): lower ids go to `tag_registry_0`, the others to `tag_registry_1`.
@@ -42,6 +45,13 @@ pub enum ImportError {
     Reader(String),
     #[error("tags of this file are reserved by import {0}, which is not finished yet")]
     Reserved(Uuid),
+    /// A half of the reservation met a tag that was gone again when the file was checked
+    /// against the registry: another import's half, taken back when its other half met one
+    /// of ours (ADR 0014). Nothing to reject: the import is tried again.
+    #[error(
+        "another import reserving some of the same tags at the same time stopped the reservation"
+    )]
+    Contended,
 }
 
 impl From<CommandError> for ImportError {
@@ -128,7 +138,7 @@ impl ImportWorker {
                         progressed = true;
                     }
                     // Waits for the other import; the rest need not.
-                    Err(e @ ImportError::Reserved(_)) => {
+                    Err(e @ (ImportError::Reserved(_) | ImportError::Contended)) => {
                         tracing::info!(import.id = %id, reason = %e, "import postponed");
                     }
                     Err(e) => return Err(e),
@@ -302,6 +312,9 @@ impl ImportWorker {
             }
             Reservation::Taken { rows_read } => {
                 let (found, count) = self.already_issued(import_id).await?;
+                if count == 0 && errors.is_empty() {
+                    return Err(ImportError::Contended);
+                }
                 errors.extend(found);
                 error_count += count;
                 (rows_read, None)

@@ -671,13 +671,13 @@ async fn a_bad_setting_stops_the_binary_with_the_variable_named() {
 async fn the_imports_worker_refuses_a_pool_too_small_for_an_import() {
     let out = Command::new(voketag_binary())
         .args(["work", "imports"])
-        .env("VOKETAG_DB_MAX_CONNECTIONS", "4")
+        .env("VOKETAG_DB_MAX_CONNECTIONS", "5")
         .output()
         .expect("run voketag");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("VOKETAG_DB_MAX_CONNECTIONS is 4") && stderr.contains("at least 5"),
+        stderr.contains("VOKETAG_DB_MAX_CONNECTIONS is 5") && stderr.contains("at least 6"),
         "{stderr}"
     );
 }

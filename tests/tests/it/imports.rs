@@ -65,6 +65,26 @@ fn in_lower_half(id: &Uuid) -> bool {
     id.as_bytes()[0] < 0x80
 }
 
+/// A random id whose first byte is `b`: in the lower half of the registry below `0x80`.
+fn id_starting_with(b: u8) -> Uuid {
+    let mut bytes = *Uuid::new_v4().as_bytes();
+    bytes[0] = b;
+    Uuid::from_bytes(bytes)
+}
+
+/// Polls `sql` (a boolean) until it answers true.
+async fn until(app: &TestApp, what: &str, sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sqlx::query_scalar::<_, bool>(sql)
+        .fetch_one(app.pool())
+        .await
+        .expect(what)
+    {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `ids` in the registry under the import, and the import claimed once, with `mark` set:
 /// `tags_reserved` (the whole reservation) or `reserving` (a half, ADR 0014).
 async fn leave_in_registry(app: &TestApp, import: Uuid, ids: &[Uuid], mark: &str) {
@@ -551,18 +571,13 @@ async fn repeats_far_apart_are_reported_in_file_order_among_other_errors() {
 async fn tags_issued_before_are_refused_with_their_lines() {
     let app = spawn_app().await;
     let (user, batch) = setup(&app).await;
-    // The reservation's lower half goes in, its upper half meets the old tag (ADR 0014).
-    let with_first_byte = |b: u8| {
-        let mut bytes = *Uuid::new_v4().as_bytes();
-        bytes[0] = b;
-        Uuid::from_bytes(bytes)
-    };
-    let old: Vec<Uuid> = [0x20, 0xc0, 0x40].map(with_first_byte).to_vec();
+    // The reservation's lower half meets the old tag (the key of `tag_registry_0`).
+    let old: Vec<Uuid> = [0x20, 0xc0, 0x40].map(id_starting_with).to_vec();
     let first = import(&app, &user, batch, csv_of(&old)).await;
     assert_eq!(first["status"], "completed", "{first}");
 
-    let fresh = with_first_byte(0x10);
-    let second = import(&app, &user, batch, csv_of(&[fresh, old[1]])).await;
+    let fresh = id_starting_with(0xd0);
+    let second = import(&app, &user, batch, csv_of(&[fresh, old[0]])).await;
     assert_eq!(second["status"], "rejected", "{second}");
     assert_eq!(second["error_count"], 1);
     assert_eq!(second["errors"][0]["code"], "tag_already_issued");
@@ -576,6 +591,107 @@ async fn tags_issued_before_are_refused_with_their_lines() {
         marks(&app, voketag_tests::id_of(&second)).await,
         (false, false)
     );
+}
+
+/// The two halves of a reservation commit one by one (ADR 0014). When one half meets an
+/// issued tag after the other went in, that other half is taken out again: the rejected
+/// import leaves nothing in the registry. The order is forced: the upper half waits for a
+/// transaction that holds its tag until the lower half has committed.
+#[tokio::test]
+async fn a_half_that_went_in_is_taken_out_when_the_other_meets_an_issued_tag() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let (low, high) = (id_starting_with(0x10), id_starting_with(0xc0));
+    let import = upload_ok(&app, &user, batch, csv_of(&[low, high])).await;
+
+    let mut holder = app.pool().begin().await.expect("holder");
+    sqlx::query("INSERT INTO tag_registry (tag_id, batch_id) VALUES ($1, $2)")
+        .bind(high)
+        .bind(batch)
+        .execute(&mut *holder)
+        .await
+        .expect("hold the upper tag");
+    let worker = voketag_workers::imports::ImportWorker::new(app.pool().clone());
+    let pass = tokio::spawn(async move { worker.drain().await });
+    until(
+        &app,
+        "the lower half went in",
+        &format!("SELECT reserving FROM imports WHERE import_id = '{import}'"),
+    )
+    .await;
+    holder.commit().await.expect("the upper tag is issued");
+    pass.await.expect("join").expect("the pass");
+
+    let done = import_status(&app, &user, import).await;
+    assert_eq!(done["status"], "rejected", "{done}");
+    assert_eq!(done["error_count"], 1);
+    assert_eq!(done["errors"][0]["code"], "tag_already_issued");
+    assert_eq!(done["errors"][0]["line"], 3);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT tag_id FROM tag_registry")
+        .fetch_all(app.pool())
+        .await
+        .expect("registry");
+    assert_eq!(left, [high], "the lower half was taken out");
+    assert_eq!(marks(&app, import).await, (false, false));
+}
+
+/// When the tag that stopped a half is gone again by the time the file is checked against
+/// the registry (another import's half, taken back), there is nothing to reject: the import
+/// is postponed, holding nothing, and completes on a later pass. The order is forced with
+/// a lock on the import's row, which the taking-out waits for.
+#[tokio::test]
+async fn a_tag_gone_again_after_it_stopped_a_half_postpones_the_import() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let (low, high) = (id_starting_with(0x10), id_starting_with(0xc0));
+    let import = upload_ok(&app, &user, batch, csv_of(&[low, high])).await;
+
+    let mut holder = app.pool().begin().await.expect("holder");
+    sqlx::query("INSERT INTO tag_registry (tag_id, batch_id) VALUES ($1, $2)")
+        .bind(high)
+        .bind(batch)
+        .execute(&mut *holder)
+        .await
+        .expect("hold the upper tag");
+    let worker = voketag_workers::imports::ImportWorker::new(app.pool().clone());
+    let pass = tokio::spawn(async move { worker.drain().await });
+    until(
+        &app,
+        "the lower half went in",
+        &format!("SELECT reserving FROM imports WHERE import_id = '{import}'"),
+    )
+    .await;
+    let mut row_lock = app.pool().begin().await.expect("row lock");
+    sqlx::query("SELECT 1 FROM imports WHERE import_id = $1 FOR UPDATE")
+        .bind(import)
+        .execute(&mut *row_lock)
+        .await
+        .expect("lock the import's row");
+    holder.commit().await.expect("the upper tag is in");
+    until(
+        &app,
+        "the worker is taking its lower half out",
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                         WHERE datname = current_database() AND wait_event_type = 'Lock'
+                           AND query LIKE 'UPDATE imports SET tags_reserved = false%')",
+    )
+    .await;
+    sqlx::query("DELETE FROM tag_registry WHERE tag_id = $1")
+        .bind(high)
+        .execute(app.pool())
+        .await
+        .expect("the upper tag is gone again");
+    row_lock.commit().await.expect("unlock");
+    let finished = pass.await.expect("join").expect("the pass");
+    assert_eq!(finished, 0, "postponed, not rejected");
+
+    let waiting = import_status(&app, &user, import).await;
+    assert_eq!(waiting["status"], "validating", "{waiting}");
+    assert_eq!(count(&app, "SELECT count(*) FROM tag_registry").await, 0);
+    assert_eq!(marks(&app, import).await, (false, false));
+
+    app.drain_imports().await;
+    assert_completed_once(&app, &user, import, 2).await;
 }
 
 #[tokio::test]
