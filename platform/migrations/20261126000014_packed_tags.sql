@@ -10,18 +10,31 @@ CREATE FUNCTION issued_tags(payload json)
 RETURNS TABLE (ordinal bigint, tag_id uuid, serial text)
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
 DECLARE
-    tags json := payload->'TagsIssued'->'tags';
-    ids  bytea;
+    tags    json := payload->'TagsIssued'->'tags';
+    ids     bytea;
+    serials json;
 BEGIN
     CASE json_typeof(tags)
     WHEN 'object' THEN
         -- Version 2: {"ids": base64, "serials": [text or null, ...] (absent when none)}.
         ids := decode(tags->>'ids', 'base64');
+        IF length(ids) % 16 <> 0 THEN
+            RAISE EXCEPTION 'TagsIssued: "ids" holds % bytes, not whole 16-byte ids',
+                length(ids);
+        END IF;
+        IF json_typeof(tags->'serials') = 'array' THEN
+            serials := tags->'serials';
+            IF json_array_length(serials) <> length(ids) / 16 THEN
+                RAISE EXCEPTION 'TagsIssued: % serials for % ids',
+                    json_array_length(serials), length(ids) / 16;
+            END IF;
+        END IF;
+        -- The ids and the serials side by side, in one pass (no join).
         RETURN QUERY
-            SELECT n::bigint, encode(substring(ids FROM n * 16 - 15 FOR 16), 'hex')::uuid, s.serial
-              FROM generate_series(1, length(ids) / 16) AS n
-              LEFT JOIN json_array_elements_text(tags->'serials')
-                        WITH ORDINALITY AS s(serial, i) ON s.i = n;
+            SELECT z.n, encode(substring(ids FROM z.n::int * 16 - 15 FOR 16), 'hex')::uuid,
+                   z.serial
+              FROM ROWS FROM (generate_series(1::bigint, length(ids) / 16),
+                              json_array_elements_text(serials)) AS z(n, serial);
     WHEN 'array' THEN
         -- Version 1: [{"tag_id": ..., "serial": ...}, ...].
         RETURN QUERY
