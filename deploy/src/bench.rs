@@ -29,6 +29,7 @@ use axum::extract::Path;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use clap::Subcommand;
+use cqrs_es::DomainEvent;
 use fred::interfaces::{ClientLike, KeysInterface, ServerInterface};
 use fred::types::Value as RedisValue;
 use reqwest::StatusCode;
@@ -1034,68 +1035,63 @@ impl Catalog {
     /// ProductRegistered; BatchCreated, BatchActivated, then TagsIssued of at most
     /// [`MAX_TAGS_PER_EVENT`] tags: what the relay would deliver to the read models.
     fn envelopes(&self) -> anyhow::Result<Vec<EventEnvelope>> {
-        let event = |aggregate: &str, id: Uuid, sequence: i64, payload: Value| {
-            let event_type = match &payload {
-                Value::String(s) => s.clone(),
-                Value::Object(o) => o.keys().next().cloned().unwrap_or_default(),
-                _ => String::new(),
-            };
-            EventEnvelope {
+        fn event<E: DomainEvent>(
+            aggregate: &str,
+            id: Uuid,
+            sequence: i64,
+            event: E,
+        ) -> anyhow::Result<EventEnvelope> {
+            Ok(EventEnvelope {
                 position: 0,
                 aggregate_type: aggregate.into(),
                 aggregate_id: id.to_string(),
                 sequence,
-                event_type,
-                event_version: "1".into(),
-                payload,
+                event_type: event.event_type(),
+                event_version: event.event_version(),
+                payload: serde_json::to_value(&event)?,
                 metadata: HashMap::new(),
                 recorded_at: chrono::Utc::now(),
-            }
-        };
+            })
+        }
         let mut out = vec![
             event(
                 "Product",
                 self.product,
                 1,
-                serde_json::to_value(ProductEvent::ProductRegistered {
+                ProductEvent::ProductRegistered {
                     factory_id: self.factory,
                     gtin: Gtin::parse(&gtin(7))?,
                     name: "Vitamin C Serum 30 ml".into(),
                     brand: "Acme Labs".into(),
                     description: "Seeded by the scan benchmark.".into(),
                     intended_markets: Catalog::markets()?,
-                })?,
-            ),
+                },
+            )?,
             event(
                 "Batch",
                 self.batch,
                 1,
-                serde_json::to_value(BatchEvent::BatchCreated {
+                BatchEvent::BatchCreated {
                     factory_id: self.factory,
                     product_id: self.product,
                     lot: "BENCH-001".into(),
                     production_date: Catalog::production_date()?,
                     sell_by: None,
                     intended_markets: Catalog::markets()?,
-                })?,
-            ),
-            event(
-                "Batch",
-                self.batch,
-                2,
-                serde_json::to_value(BatchEvent::BatchActivated)?,
-            ),
+                },
+            )?,
+            event("Batch", self.batch, 2, BatchEvent::BatchActivated)?,
         ];
         for (n, chunk) in self.tags.chunks(MAX_TAGS_PER_EVENT).enumerate() {
             out.push(event(
                 "Batch",
                 self.batch,
                 3 + n as i64,
-                serde_json::to_value(BatchEvent::TagsIssued {
+                BatchEvent::TagsIssued {
                     import_id: None,
                     tags: self.issued(n * MAX_TAGS_PER_EVENT, chunk),
-                })?,
-            ));
+                },
+            )?);
         }
         Ok(out)
     }
