@@ -661,11 +661,8 @@ async fn reserve_halves(
     );
     let (in_low, in_high) = (in_low?, in_high?);
     if in_low && in_high {
-        // Made durable by the events' commit, like the halves; lost, it leaves `reserving`.
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        // Lost with Postgres before the events commit, it leaves `reserving`: undone next time.
+        let mut tx = begin_unsynced(pool).await?;
         sqlx::query(
             "UPDATE imports SET tags_reserved = true, reserving = false WHERE import_id = $1",
         )
@@ -686,6 +683,19 @@ async fn reserve_halves(
     Ok(false)
 }
 
+/// A transaction whose commit does not wait for the disk. Only for the reservation: the
+/// events' commit comes after it in the log and waits for the disk, which makes it durable
+/// too before anything is acknowledged (ADR 0014).
+async fn begin_unsynced(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ImportError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// One half of [`reserve_halves`]: false if a tag of it is in the registry already.
 async fn reserve_half(
     pool: &PgPool,
@@ -695,13 +705,8 @@ async fn reserve_half(
     if tag_ids.is_empty() {
         return Ok(true);
     }
-    let mut tx = pool.begin().await?;
-    // Not waiting for the disk here costs nothing in safety: the events' commit comes after
-    // this one in the log and waits for both, and if Postgres stops before then, the half
-    // is lost together with its mark.
-    sqlx::query("SET LOCAL synchronous_commit = off")
-        .execute(&mut *tx)
-        .await?;
+    // Lost with Postgres before the events commit, the half goes with its mark.
+    let mut tx = begin_unsynced(pool).await?;
     if !register(&mut tx, import_id, tag_ids).await? {
         return Ok(false);
     }

@@ -593,17 +593,19 @@ async fn tags_issued_before_are_refused_with_their_lines() {
     );
 }
 
-/// The two halves of a reservation commit one by one (ADR 0014). When one half meets an
-/// issued tag after the other went in, that other half is taken out again: the rejected
-/// import leaves nothing in the registry. The order is forced: the upper half waits for a
-/// transaction that holds its tag until the lower half has committed.
-#[tokio::test]
-async fn a_half_that_went_in_is_taken_out_when_the_other_meets_an_issued_tag() {
-    let app = spawn_app().await;
-    let (user, batch) = setup(&app).await;
-    let (low, high) = (id_starting_with(0x10), id_starting_with(0xc0));
-    let import = upload_ok(&app, &user, batch, csv_of(&[low, high])).await;
+/// A worker pass under way on an import of two tags, one for each half of the registry,
+/// with the lower half in and the upper half waiting for `holder`, a transaction that has
+/// entered the upper tag and not committed (ADR 0014).
+struct StoppedHalf {
+    import: Uuid,
+    high: Uuid,
+    holder: sqlx::Transaction<'static, sqlx::Postgres>,
+    pass: tokio::task::JoinHandle<Result<usize, voketag_workers::imports::ImportError>>,
+}
 
+async fn stop_the_upper_half(app: &TestApp, user: &As, batch: Uuid) -> StoppedHalf {
+    let (low, high) = (id_starting_with(0x10), id_starting_with(0xc0));
+    let import = upload_ok(app, user, batch, csv_of(&[low, high])).await;
     let mut holder = app.pool().begin().await.expect("holder");
     sqlx::query("INSERT INTO tag_registry (tag_id, batch_id) VALUES ($1, $2)")
         .bind(high)
@@ -614,11 +616,33 @@ async fn a_half_that_went_in_is_taken_out_when_the_other_meets_an_issued_tag() {
     let worker = voketag_workers::imports::ImportWorker::new(app.pool().clone());
     let pass = tokio::spawn(async move { worker.drain().await });
     until(
-        &app,
+        app,
         "the lower half went in",
         &format!("SELECT reserving FROM imports WHERE import_id = '{import}'"),
     )
     .await;
+    StoppedHalf {
+        import,
+        high,
+        holder,
+        pass,
+    }
+}
+
+/// The two halves of a reservation commit one by one (ADR 0014). When one half meets an
+/// issued tag after the other went in, that other half is taken out again: the rejected
+/// import leaves nothing in the registry. The order is forced: the upper half waits for a
+/// transaction that holds its tag until the lower half has committed.
+#[tokio::test]
+async fn a_half_that_went_in_is_taken_out_when_the_other_meets_an_issued_tag() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let StoppedHalf {
+        import,
+        high,
+        holder,
+        pass,
+    } = stop_the_upper_half(&app, &user, batch).await;
     holder.commit().await.expect("the upper tag is issued");
     pass.await.expect("join").expect("the pass");
 
@@ -643,24 +667,12 @@ async fn a_half_that_went_in_is_taken_out_when_the_other_meets_an_issued_tag() {
 async fn a_tag_gone_again_after_it_stopped_a_half_postpones_the_import() {
     let app = spawn_app().await;
     let (user, batch) = setup(&app).await;
-    let (low, high) = (id_starting_with(0x10), id_starting_with(0xc0));
-    let import = upload_ok(&app, &user, batch, csv_of(&[low, high])).await;
-
-    let mut holder = app.pool().begin().await.expect("holder");
-    sqlx::query("INSERT INTO tag_registry (tag_id, batch_id) VALUES ($1, $2)")
-        .bind(high)
-        .bind(batch)
-        .execute(&mut *holder)
-        .await
-        .expect("hold the upper tag");
-    let worker = voketag_workers::imports::ImportWorker::new(app.pool().clone());
-    let pass = tokio::spawn(async move { worker.drain().await });
-    until(
-        &app,
-        "the lower half went in",
-        &format!("SELECT reserving FROM imports WHERE import_id = '{import}'"),
-    )
-    .await;
+    let StoppedHalf {
+        import,
+        high,
+        holder,
+        pass,
+    } = stop_the_upper_half(&app, &user, batch).await;
     let mut row_lock = app.pool().begin().await.expect("row lock");
     sqlx::query("SELECT 1 FROM imports WHERE import_id = $1 FOR UPDATE")
         .bind(import)
