@@ -9,9 +9,9 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use crate::product::text;
+use crate::{MAX_TAGS_PER_EVENT, Market, RuleCode, RuleKind};
 
 mod tag_list;
-use crate::{MAX_TAGS_PER_EVENT, Market, RuleCode, RuleKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
