@@ -112,14 +112,14 @@ pub(crate) async fn create_import(
         // tag ids are stored with it, and the worker reserves them at once (ADR 0012).
         let (pieces, feed) = ByteFeed::channel(8);
         let reader = tokio::task::spawn_blocking(move || CleanIds::read(feed));
-        let mut stream = body.into_data_stream();
-        let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
-        let mut total: u64 = 0;
-        let mut seq: i32 = 0;
-        loop {
-            let next = stream.next().await;
-            let done = next.is_none();
-            if let Some(frame) = next {
+        // The body is received (and read) while the chunk before is stored: the transaction
+        // takes the chunks in order from a short queue.
+        let (chunks, mut to_store) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let receive = async move {
+            let mut stream = body.into_data_stream();
+            let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
+            let mut total: u64 = 0;
+            while let Some(frame) = stream.next().await {
                 let bytes = frame.map_err(|e| ApiError::bad_request("upload_interrupted", format!("the upload broke off: {e}")))?;
                 total += bytes.len() as u64;
                 if total > limit {
@@ -128,28 +128,37 @@ pub(crate) async fn create_import(
                 buffer.extend_from_slice(&bytes);
                 // The reader stops at a bad row: the rest is not its business.
                 let _ = pieces.send(Ok(bytes)).await;
+                while buffer.len() >= CHUNK_BYTES {
+                    let mut rest = Vec::with_capacity(CHUNK_BYTES);
+                    rest.extend_from_slice(&buffer[CHUNK_BYTES..]);
+                    buffer.truncate(CHUNK_BYTES);
+                    // Closed only when storing failed: that error is the answer.
+                    let _ = chunks.send(std::mem::replace(&mut buffer, rest)).await;
+                }
             }
-            while buffer.len() >= CHUNK_BYTES || (done && !buffer.is_empty()) {
-                let take = buffer.len().min(CHUNK_BYTES);
-                let rest = buffer.split_off(take);
+            if !buffer.is_empty() {
+                let _ = chunks.send(buffer).await;
+            }
+            Ok(total)
+        };
+        let store = async {
+            let mut seq: i32 = 0;
+            while let Some(chunk) = to_store.recv().await {
                 sqlx::query("INSERT INTO import_chunks (import_id, seq, data) VALUES ($1, $2, $3)")
                     .bind(import_id)
                     .bind(seq)
-                    .bind(&buffer)
+                    .bind(chunk)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error)?;
                 seq += 1;
-                buffer = rest;
             }
-            if done {
-                break;
-            }
-        }
+            Ok::<_, ApiError>(())
+        };
+        let (total, ()) = tokio::try_join!(receive, store)?;
         if total == 0 {
             return Err(ApiError::unprocessable("empty_file", "the file is empty: send a header row naming `tag_id`, then one tag per line"));
         }
-        drop(pieces);
         let clean = reader.await.map_err(ApiError::internal)?;
         if let Some(clean) = &clean {
             for (seq, piece) in clean.tag_ids.chunks(IDS_PER_PIECE).enumerate() {
