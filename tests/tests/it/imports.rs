@@ -916,3 +916,48 @@ async fn a_worker_killed_mid_import_resumes_and_issues_each_tag_exactly_once() {
         "the import was resumed after a kill (attempts {attempts})"
     );
 }
+
+/// `voketag bench import` end to end on a small file, three times: each run in a database
+/// of its own, its import checked, and the median of the three ratios at the end.
+#[tokio::test]
+async fn the_import_benchmark_checks_each_run_and_reports_the_median_ratio() {
+    let app = spawn_app().await;
+    let mut bench = voketag_tests::voketag_command(&app.settings);
+    bench.args(["bench", "import", "--rows", "3000", "--runs", "3"]);
+    let out = tokio::task::spawn_blocking(move || bench.output())
+        .await
+        .expect("join")
+        .expect("run `voketag bench import`");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ratios: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ratio "))
+        .map(|l| {
+            let figure = l.split_whitespace().nth(1).expect("a figure");
+            figure.trim_end_matches('×').parse().expect("a ratio")
+        })
+        .collect();
+    assert_eq!(ratios.len(), 3, "{stdout}");
+    assert_eq!(
+        stdout
+            .matches("import completed, 3000 tags in tag_registry, 1 TagsIssued events")
+            .count(),
+        3,
+        "{stdout}"
+    );
+    let median_line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("median ratio"))
+        .unwrap_or_else(|| panic!("no median in {stdout}"));
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!(
+        median_line.contains(&format!("{:.2}×", sorted[1])),
+        "{median_line} for {sorted:?}"
+    );
+}
