@@ -6,8 +6,9 @@
 //! 127.0.0.1:0 with a Redis key prefix of its own, and drops the database at the end, also
 //! when the benchmark fails or is interrupted (Ctrl-C, SIGTERM).
 //!
-//! * `voketag bench import --rows N`: a CSV of N tags uploaded over HTTP and issued by the
-//!   imports worker, against `COPY ... FROM STDIN` of the same bytes into a bare table.
+//! * `voketag bench import --rows N [--runs R]`: a CSV of N tags uploaded over HTTP and
+//!   issued by the imports worker, against `COPY ... FROM STDIN` of the same bytes into a
+//!   bare table; R runs, each in a throwaway database, and their median ratio.
 //! * `voketag bench commands --clients C --seconds D`: C concurrent HTTP clients registering
 //!   products, against C concurrent connections doing one-row INSERT transactions.
 //! * `voketag bench scan --concurrency C --seconds D`: the scan API on a Redis hit, against an
