@@ -1354,57 +1354,13 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// Escapes the glob characters of a `SCAN MATCH` pattern.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Deletes every key that starts with `prefix`; returns how many.
-async fn delete_prefix(redis: &RedisPool, prefix: &str) -> anyhow::Result<u64> {
-    let pattern = format!("{}*", glob_escape(prefix));
-    let mut cursor = "0".to_string();
-    let mut removed = 0u64;
-    loop {
-        let page: RedisValue = redis
-            .scan_page(cursor.clone(), pattern.clone(), Some(1000), None)
-            .await
-            .context("SCAN")?;
-        let mut parts = page.into_array().into_iter();
-        let next = parts
-            .next()
-            .and_then(|c| c.as_string())
-            .context("a SCAN reply without a cursor")?;
-        let keys: Vec<String> = parts
-            .next()
-            .map(|k| k.into_array())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|k| !k.is_null())
-            .filter_map(|k| k.as_string())
-            .collect();
-        if !keys.is_empty() {
-            let n: i64 = redis.unlink(keys).await.context("UNLINK")?;
-            removed += u64::try_from(n).unwrap_or(0);
-        }
-        if next == "0" {
-            return Ok(removed);
-        }
-        cursor = next;
-    }
-}
-
 async fn delete_prefix_at(url: &str, prefix: &str) -> anyhow::Result<u64> {
     let redis = tokio::time::timeout(Duration::from_secs(5), redis::connect_url(url))
         .await
         .context("connecting timed out")??;
-    let removed = delete_prefix(&redis, prefix).await;
+    let removed = redis::delete_prefix(&redis, prefix)
+        .await
+        .context("deleting the keys");
     let _ = redis.quit().await;
     removed
 }
@@ -3045,14 +3001,6 @@ mod tests {
         );
         assert_eq!(events[0].event_type, "ProductRegistered");
         assert!(catalog.raw_json(0).contains(&catalog.tags[0].to_string()));
-    }
-
-    #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(
-            glob_escape("vt:bench:1*?[]\\"),
-            "vt:bench:1\\*\\?\\[\\]\\\\"
-        );
     }
 
     #[test]

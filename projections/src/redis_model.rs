@@ -62,6 +62,7 @@ use uuid::Uuid;
 use voketag_domain::batch::{BatchEvent, BatchStatus};
 use voketag_domain::product::ProductEvent;
 use voketag_domain::scan::ScanLogEvent;
+use voketag_platform::redis::delete_prefix;
 use voketag_schemas::bus::EventEnvelope;
 
 use crate::event::{ModelEvent, decode, epoch_seconds, from_epoch_seconds, version_key};
@@ -78,9 +79,6 @@ pub struct ScanHit {
 /// Serials of at most this many bytes are stored inside the tag value; longer ones in the
 /// bucket's `s:` hash, so that tag values stay below Redis' listpack value limit (64 bytes).
 const INLINE_SERIAL_BYTES: usize = 32;
-
-/// Tags per `SCAN` page and keys per `UNLINK` when dropping a keyspace.
-const DROP_BATCH: u32 = 1000;
 
 /// Shared by every script: resolves the keyspace and decodes/encodes tag values.
 /// KEYS[1]: the keyspace pointer. ARGV[1]: key prefix. ARGV[2]: keyspace ('' = the active
@@ -362,25 +360,7 @@ impl RedisScanModel {
             ))
             .into());
         }
-        let pattern = format!("{}*", glob_escape(&self.keyspace_base(keyspace)));
-        let mut cursor = "0".to_string();
-        let mut removed = 0u64;
-        loop {
-            let page: Value = self
-                .pool
-                .scan_page(cursor.clone(), pattern.clone(), Some(DROP_BATCH), None)
-                .await?;
-            let (next, keys) = scan_reply(page)?;
-            if !keys.is_empty() {
-                let n: i64 = self.pool.unlink(keys).await?;
-                removed += u64::try_from(n).unwrap_or(0);
-            }
-            if next == "0" {
-                break;
-            }
-            cursor = next;
-        }
-        Ok(removed)
+        Ok(delete_prefix(&self.pool, &self.keyspace_base(keyspace)).await?)
     }
 
     /// Loads the scripts into Redis, so that the first scan is one round trip too.
@@ -698,35 +678,6 @@ fn check_keyspace(ks: &str) -> Result<(), RedisError> {
             "keyspace name {ks:?} must be 1 to 64 ASCII letters, digits, '-', '_' or '.'"
         )))
     }
-}
-
-/// Escapes the glob characters of a `SCAN MATCH` pattern.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn scan_reply(page: Value) -> Result<(String, Vec<String>), RedisError> {
-    let mut parts = page.into_array().into_iter();
-    let cursor = parts
-        .next()
-        .and_then(|c| c.as_string())
-        .ok_or_else(|| parse_error("SCAN reply without a cursor".to_string()))?;
-    let keys = parts
-        .next()
-        .map(|k| k.into_array())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|k| !k.is_null())
-        .filter_map(|k| k.as_string())
-        .collect();
-    Ok((cursor, keys))
 }
 
 fn invalid(msg: String) -> RedisError {

@@ -105,6 +105,57 @@ pub struct TestApp {
     pub settings: Settings,
     pub idp: DevIdp,
     pub http: reqwest::Client,
+    /// The app's Redis keys go when it does.
+    _keys: DropPrefix,
+}
+
+/// Redis prefixes of tests start so; only such a prefix is deleted by [`DropPrefix`].
+const TEST_PREFIX: &str = "vt:test:";
+
+/// Deletes every Redis key under its prefix when dropped, also when the test failed, the
+/// way [`TestDb`] drops its database: on a thread with a runtime of its own, joined. Only
+/// a test prefix (`vt:test:<something>`) is ever deleted.
+pub struct DropPrefix {
+    url: String,
+    prefix: String,
+}
+
+impl DropPrefix {
+    pub fn new(url: &str, prefix: &str) -> DropPrefix {
+        DropPrefix {
+            url: url.to_string(),
+            prefix: prefix.to_string(),
+        }
+    }
+}
+
+impl Drop for DropPrefix {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        if !prefix.starts_with(TEST_PREFIX) || prefix.len() == TEST_PREFIX.len() {
+            return;
+        }
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(redis) = redis::connect_url(&url).await {
+                    let _ = redis::delete_prefix(&redis, &prefix).await;
+                    let _ = fred::interfaces::ClientLike::quit(&redis).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A new test prefix: `vt:test:<random>:`.
+pub fn test_prefix() -> String {
+    format!("{TEST_PREFIX}{}:", Uuid::new_v4().simple())
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -117,7 +168,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings {
         database_url: db.url.clone(),
         redis_url: redis_url(),
-        redis_prefix: format!("vt:test:{}:", Uuid::new_v4().simple()),
+        redis_prefix: test_prefix(),
         factory_addr: "127.0.0.1:0".parse().expect("a literal address"),
         db_max_connections: 10,
         ..Settings::default()
@@ -137,6 +188,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     .await
     .expect("dev identity provider");
     TestApp {
+        _keys: DropPrefix::new(&settings.redis_url, &settings.redis_prefix),
         addr,
         base: format!("http://{addr}"),
         db,

@@ -2,8 +2,6 @@
 //! test can compare two models (or a model and an oracle) in full.
 
 use fred::clients::Pool;
-use fred::interfaces::KeysInterface;
-use fred::types::Value;
 use futures::StreamExt;
 use uuid::Uuid;
 use voketag_projections::{
@@ -150,27 +148,7 @@ pub async fn snapshot<M: ReadModel>(m: &M, of: &Subjects, with_stats: bool) -> S
 
 /// Deletes every Redis key that starts with `prefix`.
 pub async fn delete_prefix(pool: &Pool, prefix: &str) {
-    let mut cursor = "0".to_string();
-    loop {
-        let page: Value = pool
-            .scan_page(cursor.clone(), format!("{prefix}*"), Some(1000), None)
-            .await
-            .expect("SCAN");
-        let mut parts = page.into_array().into_iter();
-        let next = parts.next().and_then(|c| c.as_string()).expect("a cursor");
-        let keys: Vec<String> = parts
-            .next()
-            .map(|k| k.into_array())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|k| k.as_string())
-            .collect();
-        if !keys.is_empty() {
-            let _: i64 = pool.unlink(keys).await.expect("UNLINK");
-        }
-        if next == "0" {
-            return;
-        }
-        cursor = next;
-    }
+    voketag_platform::redis::delete_prefix(pool, prefix)
+        .await
+        .expect("delete the Redis keys");
 }

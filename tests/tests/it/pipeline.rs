@@ -31,6 +31,8 @@ struct Up {
     http: reqwest::Client,
     /// More settings, e.g. the Pub/Sub bus.
     env: Vec<(String, String)>,
+    /// The system's Redis keys go with it.
+    _keys: voketag_tests::DropPrefix,
 }
 
 impl Up {
@@ -43,9 +45,11 @@ impl Up {
     /// Not started yet: its own Redis prefix and free ports, on `db`.
     fn new(db: TestDb) -> Up {
         let ports = (free_port(), free_port(), free_port());
+        let prefix = voketag_tests::test_prefix();
         Up {
+            _keys: voketag_tests::DropPrefix::new(&voketag_tests::redis_url(), &prefix),
             db,
-            prefix: format!("vt:test:{}:", Uuid::new_v4().simple()),
+            prefix,
             factory: format!("http://127.0.0.1:{}", ports.0),
             scan: format!("http://127.0.0.1:{}", ports.1),
             ports,

@@ -154,6 +154,8 @@ struct ScanApi {
     http: reqwest::Client,
     bus: InProcBus,
     prefix: String,
+    /// Its Redis keys go with it.
+    _keys: voketag_tests::DropPrefix,
 }
 
 struct Answer {
@@ -181,7 +183,7 @@ impl ScanApi {
     /// before the first scan see every observation.
     async fn start(pool: PgPool, redis: RedisPool, bus: InProcBus) -> ScanApi {
         voketag_platform::telemetry::init_for_tests();
-        let prefix = format!("vt:test:{}:", Uuid::new_v4().simple());
+        let prefix = voketag_tests::test_prefix();
         let settings = Settings {
             redis_prefix: prefix.clone(),
             scan_addr: "127.0.0.1:0".parse().expect("a literal address"),
@@ -199,6 +201,7 @@ impl ScanApi {
                 .build()
                 .expect("http client"),
             bus,
+            _keys: voketag_tests::DropPrefix::new(&voketag_tests::redis_url(), &prefix),
             prefix,
         }
     }
