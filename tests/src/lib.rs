@@ -73,28 +73,31 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Async work in Drop: a thread with its own runtime, joined so the drop is done.
-        // The pool belongs to the test's runtime, which this thread blocks: it is not
-        // closed here; FORCE ends its connections.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(admin) = db::connect_url(&admin_database_url(), 1).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&admin)
-                            .await;
-                    admin.close().await;
-                }
-            });
-        })
-        .join();
+        // The pool belongs to the test's runtime, which this drop blocks: it is not closed
+        // here; FORCE ends its connections.
+        on_own_runtime(async move {
+            if let Ok(admin) = db::connect_url(&admin_database_url(), 1).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&admin)
+                    .await;
+                admin.close().await;
+            }
+        });
     }
+}
+
+/// Runs `work` to its end on a thread with a runtime of its own, and waits for it: async
+/// clean-up in `Drop`, where the test's runtime cannot be used (it may be the one blocked).
+fn on_own_runtime(work: impl Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(work);
+        }
+    })
+    .join();
 }
 
 pub struct TestApp {
@@ -113,8 +116,8 @@ pub struct TestApp {
 const TEST_PREFIX: &str = "vt:test:";
 
 /// Deletes every Redis key under its prefix when dropped, also when the test failed, the
-/// way [`TestDb`] drops its database: on a thread with a runtime of its own, joined. Only
-/// a test prefix (`vt:test:<something>`) is ever deleted.
+/// way [`TestDb`] drops its database. Only a test prefix (`vt:test:<something>`) is ever
+/// deleted.
 pub struct DropPrefix {
     url: String,
     prefix: String,
@@ -135,21 +138,12 @@ impl Drop for DropPrefix {
         if !prefix.starts_with(TEST_PREFIX) || prefix.len() == TEST_PREFIX.len() {
             return;
         }
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(redis) = redis::connect_url(&url).await {
-                    let _ = redis::delete_prefix(&redis, &prefix).await;
-                    let _ = fred::interfaces::ClientLike::quit(&redis).await;
-                }
-            });
-        })
-        .join();
+        on_own_runtime(async move {
+            if let Ok(redis) = redis::connect_url(&url).await {
+                let _ = redis::delete_prefix(&redis, &prefix).await;
+                let _ = fred::interfaces::ClientLike::quit(&redis).await;
+            }
+        });
     }
 }
 
