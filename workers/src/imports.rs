@@ -1,26 +1,29 @@
 //! The imports worker (`voketag work imports`). It claims a pending import with a
-//! session-level advisory lock (released by Postgres if the worker dies). It reserves the
-//! file's sorted tag ids in the tag registry — the ids the intake stored for a clean file,
-//! or else a read of the upload — in two halves at once, one per partition, each on a
-//! connection of its own (ADRs 0012, 0014), while another read streams the upload through
-//! the CSV validator one row at a time and issues the tags in chunks of 10,000 inside one
-//! transaction that also marks the import completed, committed after the reservation once
-//! the two reads agree. Any error — a bad row, a duplicate, a tag issued before, a batch
-//! that no longer accepts tags — rolls the events back and the import is rejected with
-//! every reason found, its reservation released in the same transaction. A worker killed at
-//! any point leaves either no events or all of them, and a reservation (whole, or one half
-//! marked `reserving`) only while the import is unfinished; the import is then picked up
-//! again, reuses a whole reservation or takes a half one out, and issues each tag exactly
-//! once.
+//! session-level advisory lock (released by Postgres if the worker dies). The intake read
+//! the file as it arrived and stored its good rows packed, and what it found wrong (ADR
+//! 0015); a file with bad rows is rejected with its full report, repeats included. For a
+//! clean one the worker reserves the rows' sorted tag ids in the tag registry in two
+//! halves at once, one per partition, each on a connection of its own (ADR 0012, 0014),
+//! while another read streams the stored rows into the events, in chunks of 10,000 inside
+//! one transaction that also marks the import completed, committed after the reservation
+//! once the two reads agree. Any error — a tag twice in the file, a tag issued before, a
+//! batch that no longer accepts tags — rolls the events back and the import is rejected
+//! with every reason found, its reservation released in the same transaction. A worker
+//! killed at any point leaves either no events or all of them, and a reservation (whole,
+//! or one half marked `reserving`) only while the import is unfinished; the import is then
+//! picked up again, reuses a whole reservation or takes a half one out, and issues each
+//! tag exactly once. An upload stored as CSV text before ADR 0015 is packed first.
 
+use futures::{Stream, StreamExt, TryStreamExt};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use voketag_commands::import::csv::{RowError, TagCsv, validate};
-use voketag_commands::import::{ByteFeed, CleanIds, MAX_ERRORS_KEPT, NOTIFY_CHANNEL, id_sum};
+use voketag_commands::import::csv::RowError;
+use voketag_commands::import::packed::{self, Packed, ReadReport};
+use voketag_commands::import::{MAX_ERRORS_KEPT, NOTIFY_CHANNEL, id_sum};
 use voketag_commands::store::{CommandError, EventStore, Staged, Unit};
 use voketag_domain::MAX_TAGS_PER_EVENT;
 use voketag_domain::batch::{Batch, BatchCommand, IssuedTag};
@@ -28,7 +31,7 @@ use voketag_schemas::EventMetadata;
 
 /// Connections the worker holds at once: the listener for the intake's NOTIFY, and for an
 /// import its claim, the events' transaction, the two halves of the reservation (ADR 0014)
-/// and a read of the upload.
+/// and a read of the stored rows.
 pub const CONNECTIONS: u32 = 6;
 
 /// The registry's two partitions split the id space at this first byte (migration
@@ -183,12 +186,14 @@ impl ImportWorker {
             bool,
             bool,
             Option<i64>,
+            serde_json::Value,
+            i64,
         );
         let row: Option<Row> = sqlx::query_as(
             "UPDATE imports SET status = 'validating', attempts = attempts + 1, updated_at = now()
               WHERE import_id = $1 AND status IN ('queued', 'validating', 'applying')
               RETURNING batch_id, actor, request_id, correlation_id, traceparent, factory_id, tags_reserved,
-                        reserving, clean_rows",
+                        reserving, read_rows, read_errors, read_error_count",
         )
         .bind(import_id)
         .fetch_optional(&self.pool)
@@ -202,7 +207,9 @@ impl ImportWorker {
             factory_id,
             reserved,
             reserving,
-            clean_rows,
+            read_rows,
+            read_errors,
+            read_error_count,
         )) = row
         else {
             return Ok(Outcome::Skipped);
@@ -229,7 +236,16 @@ impl ImportWorker {
             } else {
                 Prior::None
             },
-            stored_ids: clean_rows.map(|n| n as u64),
+            read: match read_rows {
+                None => None,
+                Some(rows) => Some(ReadReport {
+                    rows_read: rows as u64,
+                    errors: serde_json::from_value(read_errors).map_err(|e| {
+                        ImportError::Store(format!("the import's read errors: {e}"))
+                    })?,
+                    error_count: read_error_count as u64,
+                }),
+            },
         };
         let outcome = self.apply(&import, &metadata).await?;
         tracing::info!(import.id = %import_id, ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "import finished");
@@ -247,19 +263,36 @@ impl ImportWorker {
             reserved_before,
             ..
         } = *import;
-        // The file's sorted tag ids — stored by the intake, or read from the file at full
-        // speed — are reserved in the registry on a connection of their own, while a read
-        // of the file feeds the events, chunk by chunk, to the unit's transaction at the
-        // pace Postgres takes them. The reservation commits first, the events after it,
-        // once both reads agree (ADR 0012).
+        let read = match &import.read {
+            Some(read) => read.clone(),
+            None => self.pack_stored_text(import_id).await?,
+        };
+        if read.error_count > 0 {
+            if reserved_before != Prior::None {
+                // Nothing is reserved for a file with bad rows.
+                return Err(disagree());
+            }
+            let (errors, error_count) = self.full_report(import_id, &read).await?;
+            return self
+                .reject(import_id, read.rows_read, errors, error_count, None)
+                .await;
+        }
+        // The file's sorted tag ids are reserved in the registry on connections of their
+        // own, while the stored rows feed the events, chunk by chunk, to the unit's
+        // transaction at the pace Postgres takes them. The reservation commits first, the
+        // events after it, once both reads of the rows agree (ADR 0012, 0014).
         let (tx_chunks, rx_chunks) = mpsc::channel::<Vec<IssuedTag>>(2);
-        let chunks = self.read_upload(import_id, move |reader| scan(reader, tx_chunks));
+        let chunks = self.read_rows(import_id, tx_chunks);
         let unit = self
             .store
             .begin::<Batch>(&batch_id.to_string(), metadata)
             .await?;
         let (reservation, issuing) = tokio::join!(
-            self.reserve(import_id, reserved_before, self.clean_ids(import)),
+            self.reserve(
+                import_id,
+                reserved_before,
+                self.sorted_ids(import_id, read.rows_read)
+            ),
             issue(unit, import_id, rx_chunks, chunks),
         );
         let reservation = reservation?;
@@ -272,14 +305,12 @@ impl ImportWorker {
         } = issuing?;
         let mut errors: Vec<RowError> = refusal.into_iter().collect();
         let mut error_count = errors.len() as u64;
-        let (rows_read, release) = match reservation {
+        let release = match reservation {
             Reservation::Held { rows_read, tag_ids } => {
                 if rows_issued != Some(rows_read) || issued_sum != id_sum(&tag_ids) {
-                    // The ids reserved are not the file's: give them back and forget the
-                    // stored ones; the next attempt reads the ids from the file.
+                    // The ids reserved are not the rows issued: give them back.
                     let mut tx = self.pool.begin().await?;
                     release_reservation(&mut tx, import_id, &tag_ids).await?;
-                    forget_stored_ids(&mut tx, import_id).await?;
                     tx.commit().await?;
                     return Err(disagree());
                 }
@@ -296,34 +327,54 @@ impl ImportWorker {
                         tags_issued: issued,
                     });
                 }
-                (rows_read, Some(tag_ids))
+                Some(tag_ids)
             }
             Reservation::BadFile => {
                 if reserved_before != Prior::None {
-                    // The read that reserved found every row good.
+                    // The sort that reserved found no tag twice.
                     return Err(disagree());
                 }
-                // A bad row or a repeat: read the file again for the full report, every bad
-                // row and every repeat with the line it repeats, in file order.
-                let report = self.full_report(import_id).await?;
-                errors.extend(report.errors);
-                error_count += report.error_count;
-                (report.rows_read, None)
+                // A tag repeated inside the file: the full report, every repeat with the
+                // line it repeats, in file order.
+                let (found, count) = self.full_report(import_id, &read).await?;
+                errors.extend(found);
+                error_count += count;
+                None
             }
-            Reservation::Taken { rows_read } => {
+            Reservation::Taken => {
                 let (found, count) = self.already_issued(import_id).await?;
                 if count == 0 && errors.is_empty() {
                     return Err(ImportError::Contended);
                 }
                 errors.extend(found);
                 error_count += count;
-                (rows_read, None)
+                None
             }
         };
+        self.reject(
+            import_id,
+            read.rows_read,
+            errors,
+            error_count,
+            release.as_deref(),
+        )
+        .await
+    }
+
+    /// Marks the import rejected, taking out its reservation (`release`) in the same
+    /// transaction.
+    async fn reject(
+        &self,
+        import_id: Uuid,
+        rows_read: u64,
+        mut errors: Vec<RowError>,
+        error_count: u64,
+        release: Option<&[Uuid]>,
+    ) -> Result<Outcome, ImportError> {
         errors.truncate(MAX_ERRORS_KEPT);
         let mut tx = self.pool.begin().await?;
         if let Some(tag_ids) = release {
-            release_reservation(&mut tx, import_id, &tag_ids).await?;
+            release_reservation(&mut tx, import_id, tag_ids).await?;
         }
         finish(
             &mut tx,
@@ -345,10 +396,10 @@ impl ImportWorker {
         &self,
         import_id: Uuid,
         reserved_before: Prior,
-        ids: impl Future<Output = Result<Option<CleanIds>, ImportError>>,
+        ids: impl Future<Output = Result<Option<SortedIds>, ImportError>>,
     ) -> Result<Reservation, ImportError> {
         let started = Instant::now();
-        let Some(CleanIds { rows_read, tag_ids }) = ids.await? else {
+        let Some(SortedIds { rows_read, tag_ids }) = ids.await? else {
             return Ok(Reservation::BadFile);
         };
         let read_ms = started.elapsed().as_millis() as u64;
@@ -361,106 +412,181 @@ impl ImportWorker {
         if reserved_before != Prior::Held
             && !reserve_halves(&self.pool, import_id, &tag_ids).await?
         {
-            return Ok(Reservation::Taken { rows_read });
+            return Ok(Reservation::Taken);
         }
         tracing::debug!(import.id = %import_id, read_ms, reserved_ms = started.elapsed().as_millis() as u64, "tags reserved");
         Ok(Reservation::Held { rows_read, tag_ids })
     }
 
-    /// The file's sorted tag ids: those the intake stored, or else a read of the file.
-    async fn clean_ids(&self, import: &Claimed) -> Result<Option<CleanIds>, ImportError> {
-        let Some(rows_read) = import.stored_ids else {
-            return self.read_upload(import.import_id, CleanIds::read).await;
-        };
-        let pieces: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT ids FROM import_tag_ids WHERE import_id = $1 ORDER BY seq")
-                .bind(import.import_id)
-                .fetch_all(&self.pool)
-                .await?;
-        let tag_ids: Vec<Uuid> = pieces
-            .iter()
-            .flat_map(|p| p.chunks_exact(16))
-            .map(|b| Uuid::from_slice(b).map_err(|e| ImportError::Reader(e.to_string())))
-            .collect::<Result<_, _>>()?;
-        if tag_ids.len() as u64 != rows_read {
-            return Err(ImportError::Reader(format!(
-                "{} stored tag ids for {rows_read} rows",
-                tag_ids.len()
-            )));
-        }
-        Ok(Some(CleanIds { rows_read, tag_ids }))
-    }
-
-    /// Runs `read` over the stored upload on a blocking thread, starting now; the returned
-    /// future gives its result. When the upload itself could not be read, that is the
-    /// error (the import is retried), whatever `read` made of the shortened input.
-    fn read_upload<T, F>(
+    /// The stored rows' tag ids, sorted; `None` when a tag is there twice.
+    async fn sorted_ids(
         &self,
         import_id: Uuid,
-        read: F,
-    ) -> impl Future<Output = Result<T, ImportError>> + use<T, F>
-    where
-        T: Send + 'static,
-        F: FnOnce(ByteFeed<Vec<u8>>) -> T + Send + 'static,
-    {
-        let feed = stored_upload(self.pool.clone(), import_id);
-        let failure = feed.failure();
-        let task = tokio::task::spawn_blocking(move || read(feed));
-        async move {
-            let value = task.await.map_err(|e| ImportError::Reader(e.to_string()))?;
-            match failure.lock().map(|f| f.clone()) {
-                Ok(None) => Ok(value),
-                Ok(Some(e)) => Err(ImportError::Reader(e)),
-                Err(_) => Err(ImportError::Reader("reader state poisoned".into())),
-            }
+        rows_read: u64,
+    ) -> Result<Option<SortedIds>, ImportError> {
+        let pieces: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT ids FROM import_rows WHERE import_id = $1 ORDER BY seq")
+                .bind(import_id)
+                .fetch_all(&self.pool)
+                .await?;
+        let count = pieces.iter().map(|p| p.len() / 16).sum::<usize>();
+        if count as u64 != rows_read {
+            return Err(ImportError::Reader(format!(
+                "{count} stored rows for the {rows_read} rows read"
+            )));
         }
+        // Sorted, a repeated tag sits next to itself; and the registry's primary key takes
+        // ids in key order for about a third of the cost of file order. Keyed by the
+        // big-endian 128-bit value: the order of the bytes, which Postgres compares.
+        let sorted = tokio::task::spawn_blocking(move || {
+            let mut tag_ids: Vec<Uuid> = pieces
+                .iter()
+                .flat_map(|p| p.chunks_exact(16))
+                .map(|b| Uuid::from_bytes(b.try_into().unwrap_or([0; 16])))
+                .collect();
+            tag_ids.sort_unstable_by_key(Uuid::as_u128);
+            let repeats = tag_ids.windows(2).any(|pair| pair[0] == pair[1]);
+            (!repeats).then_some(tag_ids)
+        })
+        .await
+        .map_err(|e| ImportError::Reader(e.to_string()))?;
+        Ok(sorted.map(|tag_ids| SortedIds { rows_read, tag_ids }))
     }
 
-    /// Every problem of the file, found by a second pass (`validate`) over the upload.
-    async fn full_report(&self, import_id: Uuid) -> Result<ScanReport, ImportError> {
-        let summary = self
-            .read_upload(import_id, |reader| {
-                validate(reader, MAX_ERRORS_KEPT, |_| {})
-            })
-            .await?;
-        if summary.error_count == 0 {
-            // The first read found a problem this one did not: read it again later.
-            return Err(disagree());
-        }
-        Ok(ScanReport {
-            rows_read: summary.rows_read,
-            errors: summary.errors,
-            error_count: summary.error_count,
+    /// Sends the stored rows' tags to `chunks`, a piece at a time, starting now; the
+    /// returned future gives how many rows there were.
+    fn read_rows(
+        &self,
+        import_id: Uuid,
+        chunks: mpsc::Sender<Vec<IssuedTag>>,
+    ) -> impl Future<Output = Result<Option<u64>, ImportError>> + use<> {
+        let pool = self.pool.clone();
+        let task = tokio::spawn(async move {
+            let mut rows = sqlx::query_as::<_, (Vec<u8>, Option<Vec<u8>>)>(
+                "SELECT ids, serials FROM import_rows WHERE import_id = $1 ORDER BY seq",
+            )
+            .bind(import_id)
+            .fetch(&pool);
+            let mut count = 0u64;
+            while let Some((ids, serials)) = rows.try_next().await? {
+                let tags = Packed {
+                    ids,
+                    serials,
+                    ..Packed::default()
+                }
+                .tags()
+                .map_err(|e| ImportError::Reader(e.to_string()))?;
+                count += tags.len() as u64;
+                // A closed channel means the import already failed: nothing more to do.
+                if chunks.send(tags).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(count))
+        });
+        async move { task.await.map_err(|e| ImportError::Reader(e.to_string()))? }
+    }
+
+    /// The stored rows, a piece at a time, with their lines.
+    fn pieces_with_lines(
+        &self,
+        import_id: Uuid,
+    ) -> impl Stream<Item = Result<Vec<(Uuid, u64)>, ImportError>> + Send + '_ {
+        sqlx::query_as::<_, (i64, Vec<u8>, Option<Vec<u8>>)>(
+            "SELECT first_line, ids, lines FROM import_rows WHERE import_id = $1 ORDER BY seq",
+        )
+        .bind(import_id)
+        .fetch(&self.pool)
+        .map(|row| {
+            let (first_line, ids, lines) = row?;
+            let piece = Packed {
+                first_line: first_line as u64,
+                ids,
+                lines,
+                serials: None,
+            };
+            let lines = piece
+                .lines()
+                .map_err(|e| ImportError::Reader(e.to_string()))?;
+            Ok(piece.ids().zip(lines).collect())
         })
     }
 
-    /// Rows whose tag was issued before this import: another read of the file. A tag that
-    /// another import has reserved but not yet issued is no reason to reject this one: it
-    /// is tried again once that import is finished, one way or the other.
-    async fn already_issued(&self, import_id: Uuid) -> Result<(Vec<RowError>, u64), ImportError> {
-        let (tx_chunks, mut rx_chunks) = mpsc::channel::<Vec<(u64, Uuid)>>(2);
-        let lines = self.read_upload(import_id, move |reader| -> Result<(), ImportError> {
-            let mut csv = TagCsv::new(reader).map_err(|e| ImportError::Reader(e.message))?;
-            let mut chunk = Vec::with_capacity(MAX_TAGS_PER_EVENT);
-            while let Some(row) = csv.next_row() {
-                if let Ok(row) = row {
-                    chunk.push((row.line, row.tag_id));
-                    if chunk.len() == MAX_TAGS_PER_EVENT
-                        && tx_chunks.blocking_send(std::mem::take(&mut chunk)).is_err()
-                    {
-                        return Ok(());
-                    }
+    /// An upload stored as CSV text, before the intake packed uploads (ADR 0015): read and
+    /// packed once, in a transaction that drops the text, and then taken as any other.
+    async fn pack_stored_text(&self, import_id: Uuid) -> Result<ReadReport, ImportError> {
+        let (feed, mut pieces, reader) = packed::start_reading::<Vec<u8>>(MAX_ERRORS_KEPT);
+        let pool = self.pool.clone();
+        let fetch = async move {
+            for seq in 0i32.. {
+                let data: Option<Vec<u8>> = sqlx::query_scalar(
+                    "SELECT data FROM import_chunks WHERE import_id = $1 AND seq = $2",
+                )
+                .bind(import_id)
+                .bind(seq)
+                .fetch_optional(&pool)
+                .await?;
+                let Some(data) = data else { break };
+                // A closed feed: the reader is done with the file.
+                if feed.send(Ok(data)).await.is_err() {
+                    break;
                 }
             }
-            if !chunk.is_empty() {
-                let _ = tx_chunks.blocking_send(chunk);
-            }
-            Ok(())
-        });
+            Ok::<_, ImportError>(())
+        };
+        let mut tx = self.pool.begin().await?;
+        let store = async {
+            packed::store(&mut tx, import_id, &mut pieces)
+                .await
+                .map_err(ImportError::from)
+        };
+        tokio::try_join!(fetch, store)?;
+        let report = reader
+            .await
+            .map_err(|e| ImportError::Reader(e.to_string()))?;
+        packed::record(&mut tx, import_id, &report).await?;
+        sqlx::query("DELETE FROM import_chunks WHERE import_id = $1")
+            .bind(import_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(import.id = %import_id, rows = report.rows_read, "upload stored as text packed");
+        Ok(report)
+    }
+
+    /// Every problem of the file: the rows its read could not take, and every tag the
+    /// file holds more than once, with the line it first appears on; the first
+    /// [`MAX_ERRORS_KEPT`] in file order, and how many in all.
+    async fn full_report(
+        &self,
+        import_id: Uuid,
+        read: &ReadReport,
+    ) -> Result<(Vec<RowError>, u64), ImportError> {
+        let mut rows = Vec::new();
+        let mut pieces = std::pin::pin!(self.pieces_with_lines(import_id));
+        while let Some(piece) = pieces.try_next().await? {
+            rows.extend(piece);
+        }
+        let repeats = tokio::task::spawn_blocking(move || packed::repeats(rows))
+            .await
+            .map_err(|e| ImportError::Reader(e.to_string()))?;
+        let (errors, count) = packed::full_report(read, &repeats, MAX_ERRORS_KEPT);
+        if count == 0 {
+            // The sort found a repeat that this look did not: look again later.
+            return Err(disagree());
+        }
+        Ok((errors, count))
+    }
+
+    /// Rows whose tag was issued before this import. A tag that another import has
+    /// reserved but not yet issued is no reason to reject this one: it is tried again once
+    /// that import is finished, one way or the other.
+    async fn already_issued(&self, import_id: Uuid) -> Result<(Vec<RowError>, u64), ImportError> {
         let mut errors = Vec::new();
         let mut count = 0u64;
-        while let Some(chunk) = rx_chunks.recv().await {
-            let ids: Vec<Uuid> = chunk.iter().map(|(_, id)| *id).collect();
+        let mut pieces = std::pin::pin!(self.pieces_with_lines(import_id));
+        while let Some(piece) = pieces.try_next().await? {
+            let ids: Vec<Uuid> = piece.iter().map(|(id, _)| *id).collect();
             let rows: Vec<(Uuid, Option<Uuid>, bool)> = sqlx::query_as(
                 "SELECT r.tag_id, r.import_id, r.import_id IS NULL OR i.status = 'completed'
                    FROM tag_registry r LEFT JOIN imports i ON i.import_id = r.import_id
@@ -473,7 +599,7 @@ impl ImportWorker {
                 return Err(ImportError::Reserved(*other));
             }
             let existing: HashSet<Uuid> = rows.into_iter().map(|(id, _, _)| id).collect();
-            for (line, id) in chunk.into_iter().filter(|(_, id)| existing.contains(id)) {
+            for (id, line) in piece.into_iter().filter(|(id, _)| existing.contains(id)) {
                 count += 1;
                 if errors.len() < MAX_ERRORS_KEPT {
                     errors.push(RowError {
@@ -487,7 +613,6 @@ impl ImportWorker {
                 }
             }
         }
-        lines.await??;
         Ok((errors, count))
     }
 }
@@ -512,13 +637,19 @@ enum Reservation {
     /// A bad row or a tag repeated inside the file: nothing reserved.
     BadFile,
     /// Some tags are in the registry already: nothing reserved.
-    Taken { rows_read: u64 },
+    Taken,
     /// Every tag of the file is reserved for the import (by this attempt or an earlier
     /// one); `tag_ids` sorted.
     Held { rows_read: u64, tag_ids: Vec<Uuid> },
 }
 
-/// What the read of the file for the events came to.
+/// A clean file's tag ids, sorted, and how many rows it has (one tag a row).
+struct SortedIds {
+    rows_read: u64,
+    tag_ids: Vec<Uuid>,
+}
+
+/// What the read of the stored rows for the events came to.
 struct Issuing {
     /// The transaction holding the events; `None` once the batch refused a chunk.
     unit: Option<Unit<Batch>>,
@@ -547,8 +678,8 @@ struct Claimed {
     batch_id: Uuid,
     /// What earlier attempts reserved of the file's tags.
     reserved_before: Prior,
-    /// The intake stored the sorted ids of this many rows.
-    stored_ids: Option<u64>,
+    /// What the read of the file found; `None` for an upload stored as CSV text.
+    read: Option<ReadReport>,
 }
 
 /// Issues the chunks of a read of the file on the unit, each decided and serialized while
@@ -606,19 +737,6 @@ async fn issue(
 
 fn disagree() -> ImportError {
     ImportError::Reader("two reads of the upload disagree about its rows".into())
-}
-
-/// Drops the sorted ids the intake stored for an import.
-async fn forget_stored_ids(conn: &mut PgConnection, import_id: Uuid) -> Result<(), ImportError> {
-    sqlx::query("DELETE FROM import_tag_ids WHERE import_id = $1")
-        .bind(import_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE imports SET clean_rows = NULL WHERE import_id = $1")
-        .bind(import_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// Takes an import's reservation out of the registry (in the transaction that rejects it,
@@ -798,66 +916,11 @@ async fn finish(
     .execute(&mut *conn)
     .await?;
     // The upload has served its purpose; its rows are not events and may go.
-    for table in ["import_chunks", "import_tag_ids"] {
+    for table in ["import_chunks", "import_rows"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE import_id = $1"))
             .bind(import_id)
             .execute(&mut *conn)
             .await?;
     }
     Ok(())
-}
-
-struct ScanReport {
-    rows_read: u64,
-    errors: Vec<RowError>,
-    error_count: u64,
-}
-
-/// The read for the events: sends the rows' tags in chunks (blocking), until the end of the
-/// file or its first bad row. Returns the number of rows, or `None` for a bad file.
-fn scan(reader: ByteFeed<Vec<u8>>, chunks: mpsc::Sender<Vec<IssuedTag>>) -> Option<u64> {
-    let mut csv = TagCsv::new(reader).ok()?;
-    let mut chunk: Vec<IssuedTag> = Vec::with_capacity(MAX_TAGS_PER_EVENT);
-    while let Some(row) = csv.next_row() {
-        let row = row.ok()?;
-        chunk.push(IssuedTag {
-            tag_id: row.tag_id,
-            serial: row.serial,
-        });
-        if chunk.len() == MAX_TAGS_PER_EVENT {
-            // A closed channel means the import already failed: nothing more to do.
-            chunks.blocking_send(std::mem::take(&mut chunk)).ok()?;
-        }
-    }
-    if !chunk.is_empty() {
-        chunks.blocking_send(chunk).ok()?;
-    }
-    Some(csv.rows_read())
-}
-
-/// The stored upload as a `Read`, fetched one chunk at a time by an async task.
-fn stored_upload(pool: PgPool, import_id: Uuid) -> ByteFeed<Vec<u8>> {
-    let (tx, feed) = ByteFeed::channel(2);
-    tokio::spawn(async move {
-        for seq in 0i32.. {
-            let data: Result<Option<Vec<u8>>, sqlx::Error> = sqlx::query_scalar(
-                "SELECT data FROM import_chunks WHERE import_id = $1 AND seq = $2",
-            )
-            .bind(import_id)
-            .bind(seq)
-            .fetch_optional(&pool)
-            .await;
-            let piece = match data {
-                Ok(Some(d)) => Ok(d),
-                Ok(None) => break,
-                Err(e) => Err(e.to_string()),
-            };
-            let failed = piece.is_err();
-            // A closed channel: the reader is done with the file.
-            if tx.send(piece).await.is_err() || failed {
-                break;
-            }
-        }
-    });
-    feed
 }

@@ -1,5 +1,6 @@
-//! CSV tag imports: the upload is streamed into Postgres in chunks, in one transaction
-//! with the import's record, and the imports worker takes it from there.
+//! CSV tag imports: the upload is read as it arrives and its rows are stored packed, in
+//! one transaction with the import's record (ADR 0015); the imports worker takes it from
+//! there.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -16,7 +17,7 @@ use voketag_schemas::factory_api::{ImportDto, ImportErrorDto};
 use super::batches::visible_batch;
 use super::context::{Caller, Idempotency, command_error, once};
 use super::{AppState, db_error};
-use crate::import::{ByteFeed, CHUNK_BYTES, CleanIds, IDS_PER_PIECE, NOTIFY_CHANNEL};
+use crate::import::{MAX_ERRORS_KEPT, NOTIFY_CHANNEL, packed};
 use crate::store::CommandError;
 
 fn payload_too_large(limit: u64) -> ApiError {
@@ -108,16 +109,12 @@ pub(crate) async fn create_import(
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        // The file is read as it arrives, on a blocking thread: if it is clean, its sorted
-        // tag ids are stored with it, and the worker reserves them at once (ADR 0012).
-        let (pieces, feed) = ByteFeed::channel(8);
-        let reader = tokio::task::spawn_blocking(move || CleanIds::read(feed));
-        // The body is received (and read) while the chunk before is stored: the transaction
-        // takes the chunks in order from a short queue.
-        let (chunks, mut to_store) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        // The file is read as it arrives, on a blocking thread, and its good rows are
+        // stored packed, while the rest of the body is received, in the transaction that
+        // records the import (ADR 0015).
+        let (feed, mut pieces, reader) = packed::start_reading::<bytes::Bytes>(MAX_ERRORS_KEPT);
         let receive = async move {
             let mut stream = body.into_data_stream();
-            let mut buffer: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
             let mut total: u64 = 0;
             while let Some(frame) = stream.next().await {
                 let bytes = frame.map_err(|e| ApiError::bad_request("upload_interrupted", format!("the upload broke off: {e}")))?;
@@ -125,57 +122,21 @@ pub(crate) async fn create_import(
                 if total > limit {
                     return Err(payload_too_large(limit));
                 }
-                buffer.extend_from_slice(&bytes);
-                // The reader stops at a bad row: the rest is not its business.
-                let _ = pieces.send(Ok(bytes)).await;
-                while buffer.len() >= CHUNK_BYTES {
-                    let mut rest = Vec::with_capacity(CHUNK_BYTES);
-                    rest.extend_from_slice(&buffer[CHUNK_BYTES..]);
-                    buffer.truncate(CHUNK_BYTES);
-                    // Closed only when storing failed: that error is the answer.
-                    let _ = chunks.send(std::mem::replace(&mut buffer, rest)).await;
-                }
-            }
-            if !buffer.is_empty() {
-                let _ = chunks.send(buffer).await;
+                // Closed only when storing failed: that error is the answer.
+                let _ = feed.send(Ok(bytes)).await;
             }
             Ok(total)
         };
-        let store = async {
-            let mut seq: i32 = 0;
-            while let Some(chunk) = to_store.recv().await {
-                sqlx::query("INSERT INTO import_chunks (import_id, seq, data) VALUES ($1, $2, $3)")
-                    .bind(import_id)
-                    .bind(seq)
-                    .bind(chunk)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                seq += 1;
-            }
-            Ok::<_, ApiError>(())
-        };
-        let (total, ()) = tokio::try_join!(receive, store)?;
+        let store = async { packed::store(&mut tx, import_id, &mut pieces).await.map_err(db_error) };
+        let (total, _) = tokio::try_join!(receive, store)?;
         if total == 0 {
             return Err(ApiError::unprocessable("empty_file", "the file is empty: send a header row naming `tag_id`, then one tag per line"));
         }
-        let clean = reader.await.map_err(ApiError::internal)?;
-        if let Some(clean) = &clean {
-            for (seq, piece) in clean.tag_ids.chunks(IDS_PER_PIECE).enumerate() {
-                let bytes: Vec<u8> = piece.iter().flat_map(|id| *id.as_bytes()).collect();
-                sqlx::query("INSERT INTO import_tag_ids (import_id, seq, ids) VALUES ($1, $2, $3)")
-                    .bind(import_id)
-                    .bind(seq as i32)
-                    .bind(bytes)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-            }
-        }
-        sqlx::query("UPDATE imports SET content_bytes = $2, clean_rows = $3 WHERE import_id = $1")
+        let report = reader.await.map_err(ApiError::internal)?;
+        packed::record(&mut tx, import_id, &report).await.map_err(db_error)?;
+        sqlx::query("UPDATE imports SET content_bytes = $2 WHERE import_id = $1")
             .bind(import_id)
             .bind(total as i64)
-            .bind(clean.map(|c| c.rows_read as i64))
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;

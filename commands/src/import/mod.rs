@@ -2,54 +2,18 @@
 //! the factory API and the imports worker.
 
 pub mod csv;
+pub mod packed;
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-/// Size of the pieces an upload is stored in.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
-
-/// Tag ids per stored piece of a file's sorted ids: 1 MiB.
-pub const IDS_PER_PIECE: usize = CHUNK_BYTES / 16;
-
 /// Postgres channel on which the intake wakes the imports worker.
 pub const NOTIFY_CHANNEL: &str = "voketag_imports";
 
 /// Errors kept on an import; the count covers all of them.
 pub const MAX_ERRORS_KEPT: usize = 1_000;
-
-/// A clean file's tag ids, sorted, and how many rows it has (one tag a row).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CleanIds {
-    pub rows_read: u64,
-    pub tag_ids: Vec<Uuid>,
-}
-
-impl CleanIds {
-    /// Reads a CSV of tags (blocking) and returns its ids sorted, or `None` when the file
-    /// has a bad row or a tag more than once (its full report is then another read's job:
-    /// [`csv::validate`]). Sorted, a repeated tag sits next to itself; and the registry's
-    /// primary key takes ids in key order for about a third of the cost of file order.
-    /// Keyed by the big-endian 128-bit value: the order of the bytes, which Postgres
-    /// compares, by integer comparisons.
-    pub fn read<R: Read>(reader: R) -> Option<CleanIds> {
-        let mut csv = csv::TagCsv::new(reader).ok()?;
-        let mut tag_ids = Vec::new();
-        while let Some(row) = csv.next_row() {
-            tag_ids.push(row.ok()?.tag_id);
-        }
-        tag_ids.sort_unstable_by_key(Uuid::as_u128);
-        if tag_ids.windows(2).any(|pair| pair[0] == pair[1]) {
-            return None;
-        }
-        Some(CleanIds {
-            rows_read: csv.rows_read(),
-            tag_ids,
-        })
-    }
-}
 
 /// A checksum of a set of tag ids that does not depend on their order: the wrapping sum of
 /// their 128-bit values. Two reads of one file must agree on it.
@@ -126,30 +90,6 @@ impl<B: AsRef<[u8]>> Read for ByteFeed<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ids_of(csv: &str) -> Option<CleanIds> {
-        CleanIds::read(csv.as_bytes())
-    }
-
-    #[test]
-    fn a_clean_file_gives_its_ids_sorted_and_a_bad_or_repeating_one_none() {
-        let (a, b) = (Uuid::from_u128(2), Uuid::from_u128(1 << 100));
-        let clean = ids_of(&format!("tag_id,serial\n{b},S1\n{a},S2\n")).expect("clean");
-        assert_eq!(clean.rows_read, 2);
-        assert_eq!(clean.tag_ids, [a, b]);
-        assert_eq!(id_sum(&clean.tag_ids), 2 + (1 << 100));
-        assert_eq!(
-            ids_of(&format!("tag_id\n{a}\n{b}\n{a}\n")),
-            None,
-            "a repeat"
-        );
-        assert_eq!(
-            ids_of(&format!("tag_id\n{a}\nnot-a-uuid\n")),
-            None,
-            "a bad row"
-        );
-        assert_eq!(ids_of("serial\nS1\n"), None, "no tag_id column");
-    }
 
     #[test]
     fn a_feed_reads_its_pieces_in_order_and_fails_on_a_broken_stream() {

@@ -204,79 +204,121 @@ async fn a_reservation_left_by_a_dead_worker_is_reused_and_each_tag_issued_once(
 }
 
 #[tokio::test]
-async fn the_intake_stores_a_clean_files_sorted_ids_and_the_worker_checks_them_against_the_file() {
+async fn the_intake_stores_a_files_rows_packed_and_what_its_read_found() {
     let app = spawn_app().await;
     let (user, batch) = setup(&app).await;
-    let ids: Vec<Uuid> = (0..70_000).map(|_| Uuid::new_v4()).collect();
-    let id = upload_ok(&app, &user, batch, csv_of(&ids)).await;
-    let stored: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT ids FROM import_tag_ids WHERE import_id = $1 ORDER BY seq")
-            .bind(id)
-            .fetch_all(app.pool())
-            .await
-            .expect("stored ids");
-    assert_eq!(stored.len(), 2, "65,536 ids a piece");
-    let stored: Vec<Uuid> = stored
+    let ids: Vec<Uuid> = (0..25_001).map(|_| Uuid::new_v4()).collect();
+    let mut body = String::from("tag_id,serial\n");
+    for (i, id) in ids.iter().enumerate() {
+        body.push_str(&format!("{id},SN-{i}\n"));
+    }
+    let id = upload_ok(&app, &user, batch, body.into_bytes()).await;
+    type Stored = (i64, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+    let pieces: Vec<Stored> = sqlx::query_as(
+        "SELECT first_line, ids, serials, lines FROM import_rows WHERE import_id = $1 ORDER BY seq",
+    )
+    .bind(id)
+    .fetch_all(app.pool())
+    .await
+    .expect("stored rows");
+    let firsts: Vec<i64> = pieces.iter().map(|p| p.0).collect();
+    assert_eq!(firsts, [2, 10_002, 20_002], "ten thousand rows a piece");
+    assert!(pieces.iter().all(|p| p.3.is_none()), "consecutive lines");
+    let stored: Vec<Uuid> = pieces
         .iter()
-        .flat_map(|p| p.chunks_exact(16))
+        .flat_map(|p| p.1.chunks_exact(16))
         .map(|b| Uuid::from_slice(b).expect("an id"))
         .collect();
-    let mut sorted = ids.clone();
-    sorted.sort();
-    assert_eq!(stored, sorted);
-    let clean: Option<i64> =
-        sqlx::query_scalar("SELECT clean_rows FROM imports WHERE import_id = $1")
+    assert_eq!(stored, ids, "in file order");
+    let serials = String::from_utf8(pieces[2].2.clone().expect("serials")).expect("utf-8");
+    assert_eq!(serials.lines().next(), Some("SN-20000"));
+    let read: (Option<i64>, i64) =
+        sqlx::query_as("SELECT read_rows, read_error_count FROM imports WHERE import_id = $1")
             .bind(id)
             .fetch_one(app.pool())
             .await
-            .expect("clean_rows");
-    assert_eq!(clean, Some(70_000));
-
-    // Stored ids that are not the file's (one replaced): the worker gives the reservation
-    // back, forgets them, and reads the ids from the file on the next attempt.
-    let stranger = Uuid::new_v4();
-    sqlx::query("UPDATE import_tag_ids SET ids = overlay(ids placing $2 from 1 for 16) WHERE import_id = $1 AND seq = 0")
-        .bind(id)
-        .bind(stranger.as_bytes().as_slice())
-        .execute(app.pool())
-        .await
-        .expect("tamper");
-    let worker = voketag_workers::imports::ImportWorker::new(app.pool().clone());
-    let first = worker.process(id).await;
-    assert!(
-        matches!(first, Err(voketag_workers::imports::ImportError::Reader(_))),
-        "{first:?}"
-    );
-    assert_nothing_issued(&app).await;
-    assert_eq!(count(&app, "SELECT count(*) FROM import_tag_ids").await, 0);
-    let second = worker.process(id).await.expect("second attempt");
+            .expect("read");
+    assert_eq!(read, (Some(25_001), 0));
+    assert_eq!(count(&app, "SELECT count(*) FROM import_chunks").await, 0);
+    app.drain_imports().await;
+    assert_completed_once(&app, &user, id, 25_001).await;
     assert_eq!(
-        second,
-        voketag_workers::imports::Outcome::Completed {
-            tags_issued: 70_000
-        }
-    );
-    let registered: Vec<Uuid> =
-        sqlx::query_scalar("SELECT tag_id FROM tag_registry ORDER BY tag_id")
-            .fetch_all(app.pool())
-            .await
-            .expect("registry");
-    assert_eq!(registered, sorted, "the file's tags, not the stranger");
-    assert_eq!(
-        count(&app, "SELECT count(*) FROM import_tag_ids").await,
+        count(&app, "SELECT count(*) FROM import_rows").await,
         0,
-        "gone with the upload"
+        "gone once processed"
     );
 
-    // A bad file stores no ids: the worker reads it for the full report.
-    let bad = upload_ok(&app, &user, batch, b"tag_id\nnot-a-uuid\n".to_vec()).await;
-    let clean: Option<i64> =
-        sqlx::query_scalar("SELECT clean_rows FROM imports WHERE import_id = $1")
+    // A bad file: the read's problems are kept for the worker, which rejects it.
+    let (status, accepted) = app
+        .upload(&user, batch, "text/csv", b"tag_id\nnot-a-uuid\n".to_vec())
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["status"], "queued");
+    let bad = voketag_tests::id_of(&accepted);
+    let read: (Option<i64>, i64) =
+        sqlx::query_as("SELECT read_rows, read_error_count FROM imports WHERE import_id = $1")
             .bind(bad)
             .fetch_one(app.pool())
             .await
-            .expect("clean_rows");
-    assert_eq!(clean, None);
+            .expect("read");
+    assert_eq!(read, (Some(1), 1));
+    app.drain_imports().await;
+    let done = import_status(&app, &user, bad).await;
+    assert_eq!(done["status"], "rejected", "{done}");
+    assert_eq!(done["errors"][0]["line"], 2, "{done}");
+}
+
+/// An upload accepted before the intake packed uploads (ADR 0015) is stored as CSV text in
+/// `import_chunks`: the worker packs it first, in a transaction that drops the text, and
+/// then issues it like any other.
+#[tokio::test]
+async fn an_upload_stored_as_text_is_packed_by_the_worker_and_issued() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let ids: Vec<Uuid> = (0..12_345).map(|_| Uuid::new_v4()).collect();
+    let mut text = String::from("tag_id,serial\r\n");
+    for (i, id) in ids.iter().enumerate() {
+        text.push_str(&format!("{id},S{i}\r\n"));
+    }
+    let (_, b) = app.get(&format!("/v1/batches/{batch}"), &user).await;
+    let factory: Uuid = b["factory_id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("factory_id");
+    let import = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO imports (import_id, factory_id, batch_id, content_bytes, actor, request_id, correlation_id, traceparent)
+         VALUES ($1, $2, $3, $4, 'user:legacy', 'req-legacy', 'corr-legacy', '')",
+    )
+    .bind(import)
+    .bind(factory)
+    .bind(batch)
+    .bind(text.len() as i64)
+    .execute(app.pool())
+    .await
+    .expect("an import of before");
+    // Split inside a row, as the old intake did at every MiB.
+    for (seq, piece) in text.as_bytes().chunks(100_003).enumerate() {
+        sqlx::query("INSERT INTO import_chunks (import_id, seq, data) VALUES ($1, $2, $3)")
+            .bind(import)
+            .bind(seq as i32)
+            .bind(piece)
+            .execute(app.pool())
+            .await
+            .expect("a chunk");
+    }
+    app.drain_imports().await;
+    assert_completed_once(&app, &user, import, 12_345).await;
+    let serials: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT t.serial FROM events, issued_tags(payload) t
+          WHERE event_type = 'TagsIssued' ORDER BY global_position, t.ordinal",
+    )
+    .fetch_all(app.pool())
+    .await
+    .expect("serials");
+    assert_eq!(serials.len(), 12_345);
+    assert_eq!(serials[12_344].as_deref(), Some("S12344"));
+    assert_eq!(count(&app, "SELECT count(*) FROM import_chunks").await, 0);
 }
 
 /// A worker killed between the two halves of a reservation (ADR 0014) leaves one half in
@@ -414,7 +456,7 @@ async fn a_clean_file_issues_every_tag_in_chunks_of_ten_thousand() {
     let (_, b) = app.get(&format!("/v1/batches/{batch}"), &user).await;
     assert_eq!(b["tag_count"], 25_001);
     // The upload is gone once processed; the events are the record.
-    assert_eq!(count(&app, "SELECT count(*) FROM import_chunks").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM import_rows").await, 0);
 }
 
 struct Bad {
