@@ -97,16 +97,14 @@ impl Packed {
         };
         let text = std::str::from_utf8(serials).map_err(|_| Damaged("serials are not UTF-8"))?;
         let mut serials = text.split_terminator('\n');
-        let tags = self
-            .ids()
-            .map(|tag_id| {
-                let serial = serials.next().ok_or(Damaged("fewer serials than ids"))?;
-                Ok(IssuedTag {
-                    tag_id,
-                    serial: (!serial.is_empty()).then(|| serial.to_owned()),
-                })
-            })
-            .collect::<Result<Vec<_>, Damaged>>()?;
+        let mut tags = Vec::with_capacity(self.len());
+        for tag_id in self.ids() {
+            let serial = serials.next().ok_or(Damaged("fewer serials than ids"))?;
+            tags.push(IssuedTag {
+                tag_id,
+                serial: (!serial.is_empty()).then(|| serial.to_owned()),
+            });
+        }
         if serials.next().is_some() {
             return Err(Damaged("more serials than ids"));
         }
@@ -121,12 +119,19 @@ struct Packer {
     serials: Vec<u8>,
     any_serial: bool,
     lines: Vec<u64>,
+    /// Bytes of the serials of the last piece taken.
+    serial_bytes: usize,
 }
 
 impl Packer {
     fn push(&mut self, row: &TagRow) {
         if self.piece.is_empty() {
             self.piece.first_line = row.line;
+            // Room for a whole piece at once: growing by doubling costs fresh pages and
+            // copies, for every piece. Serials are as long as the last piece's were.
+            self.piece.ids.reserve_exact(ROWS_PER_PIECE * ID_BYTES);
+            self.lines.reserve_exact(ROWS_PER_PIECE);
+            self.serials.reserve_exact(self.serial_bytes.max(ROWS_PER_PIECE));
         }
         self.piece.ids.extend_from_slice(row.tag_id.as_bytes());
         if let Some(serial) = &row.serial {
@@ -140,6 +145,7 @@ impl Packer {
     fn take(&mut self) -> Packed {
         let mut piece = std::mem::take(&mut self.piece);
         let serials = std::mem::take(&mut self.serials);
+        self.serial_bytes = serials.len();
         piece.serials = std::mem::take(&mut self.any_serial).then_some(serials);
         let lines = std::mem::take(&mut self.lines);
         let consecutive = lines
