@@ -131,7 +131,8 @@ impl Packer {
             // copies, for every piece. Serials are as long as the last piece's were.
             self.piece.ids.reserve_exact(ROWS_PER_PIECE * ID_BYTES);
             self.lines.reserve_exact(ROWS_PER_PIECE);
-            self.serials.reserve_exact(self.serial_bytes.max(ROWS_PER_PIECE));
+            self.serials
+                .reserve_exact(self.serial_bytes.max(ROWS_PER_PIECE));
         }
         self.piece.ids.extend_from_slice(row.tag_id.as_bytes());
         if let Some(serial) = &row.serial {

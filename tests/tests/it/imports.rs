@@ -26,6 +26,15 @@ fn csv_of(ids: &[Uuid]) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// A file of `ids` with serials `{prefix}{row index}`, lines ending in `eol`.
+fn csv_with_serials(ids: &[Uuid], prefix: &str, eol: &str) -> Vec<u8> {
+    let mut s = format!("tag_id,serial{eol}");
+    for (i, id) in ids.iter().enumerate() {
+        s.push_str(&format!("{id},{prefix}{i}{eol}"));
+    }
+    s.into_bytes()
+}
+
 async fn import_status(app: &TestApp, who: &As, id: Uuid) -> Value {
     let (status, body) = app.get(&format!("/v1/imports/{id}"), who).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -208,11 +217,7 @@ async fn the_intake_stores_a_files_rows_packed_and_what_its_read_found() {
     let app = spawn_app().await;
     let (user, batch) = setup(&app).await;
     let ids: Vec<Uuid> = (0..25_001).map(|_| Uuid::new_v4()).collect();
-    let mut body = String::from("tag_id,serial\n");
-    for (i, id) in ids.iter().enumerate() {
-        body.push_str(&format!("{id},SN-{i}\n"));
-    }
-    let id = upload_ok(&app, &user, batch, body.into_bytes()).await;
+    let id = upload_ok(&app, &user, batch, csv_with_serials(&ids, "SN-", "\n")).await;
     type Stored = (i64, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
     let pieces: Vec<Stored> = sqlx::query_as(
         "SELECT first_line, ids, serials, lines FROM import_rows WHERE import_id = $1 ORDER BY seq",
@@ -276,10 +281,7 @@ async fn an_upload_stored_as_text_is_packed_by_the_worker_and_issued() {
     let app = spawn_app().await;
     let (user, batch) = setup(&app).await;
     let ids: Vec<Uuid> = (0..12_345).map(|_| Uuid::new_v4()).collect();
-    let mut text = String::from("tag_id,serial\r\n");
-    for (i, id) in ids.iter().enumerate() {
-        text.push_str(&format!("{id},S{i}\r\n"));
-    }
+    let text = csv_with_serials(&ids, "S", "\r\n");
     let (_, b) = app.get(&format!("/v1/batches/{batch}"), &user).await;
     let factory: Uuid = b["factory_id"]
         .as_str()
@@ -298,7 +300,7 @@ async fn an_upload_stored_as_text_is_packed_by_the_worker_and_issued() {
     .await
     .expect("an import of before");
     // Split inside a row, as the old intake did at every MiB.
-    for (seq, piece) in text.as_bytes().chunks(100_003).enumerate() {
+    for (seq, piece) in text.chunks(100_003).enumerate() {
         sqlx::query("INSERT INTO import_chunks (import_id, seq, data) VALUES ($1, $2, $3)")
             .bind(import)
             .bind(seq as i32)
@@ -422,10 +424,8 @@ async fn a_clean_file_issues_every_tag_in_chunks_of_ten_thousand() {
     let (user, batch) = setup(&app).await;
     let ids: Vec<Uuid> = (0..25_001).map(|_| Uuid::new_v4()).collect();
     // A BOM, CRLF line ends and a serial column are all accepted.
-    let mut body = b"\xEF\xBB\xBFtag_id,serial\r\n".to_vec();
-    for (i, id) in ids.iter().enumerate() {
-        body.extend_from_slice(format!("{id},SN-{i}\r\n").as_bytes());
-    }
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend(csv_with_serials(&ids, "SN-", "\r\n"));
     let done = import(&app, &user, batch, body).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["rows_read"], 25_001);
