@@ -122,9 +122,12 @@ impl ImportWorker {
         Ok(())
     }
 
-    /// Processes every pending import this worker can claim; returns how many it finished.
+    /// Processes every pending import this worker can claim; returns how many it finished,
+    /// or the first error once every other import has had its turn: an import that fails
+    /// is tried again on the next pass, and does not hold up those behind it.
     pub async fn drain(&self) -> Result<usize, ImportError> {
         let mut done = 0;
+        let mut failed = None;
         loop {
             let pending: Vec<Uuid> = sqlx::query_scalar(
                 "SELECT import_id FROM imports WHERE status IN ('queued', 'validating', 'applying')
@@ -144,11 +147,16 @@ impl ImportWorker {
                     Err(e @ (ImportError::Reserved(_) | ImportError::Contended)) => {
                         tracing::info!(import.id = %id, reason = %e, "import postponed");
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        tracing::error!(import.id = %id, error = %e, "import failed; it is tried again on a later pass");
+                        if failed.is_none() {
+                            failed = Some(e);
+                        }
+                    }
                 }
             }
             if !progressed {
-                return Ok(done);
+                return failed.map_or(Ok(done), Err);
             }
         }
     }

@@ -65,6 +65,9 @@ impl Packed {
 
     /// The rows' lines, in file order.
     pub fn lines(&self) -> Result<Vec<u64>, Damaged> {
+        if !self.ids.len().is_multiple_of(ID_BYTES) {
+            return Err(Damaged("ids are not 16 bytes each"));
+        }
         match &self.lines {
             None => Ok((0..self.len() as u64)
                 .map(|i| self.first_line + i)

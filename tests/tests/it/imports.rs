@@ -273,6 +273,44 @@ async fn the_intake_stores_a_files_rows_packed_and_what_its_read_found() {
     assert_eq!(done["errors"][0]["line"], 2, "{done}");
 }
 
+/// An import whose stored rows cannot be read back fails, and is tried again on every pass
+/// (an operator's matter: nothing of it is issued); the imports behind it are not held up.
+#[tokio::test]
+async fn an_import_that_fails_does_not_hold_up_the_ones_behind_it() {
+    let app = spawn_app().await;
+    let (user, batch) = setup(&app).await;
+    let first: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
+    let second: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
+    let damaged = upload_ok(&app, &user, batch, csv_with_serials(&first, "A", "\n")).await;
+    let behind = upload_ok(&app, &user, batch, csv_with_serials(&second, "B", "\n")).await;
+    sqlx::query(
+        "UPDATE import_rows SET serials = 'one serial for 300 rows\n'::bytea WHERE import_id = $1",
+    )
+    .bind(damaged)
+    .execute(app.pool())
+    .await
+    .expect("damage");
+    let pass = voketag_workers::imports::ImportWorker::new(app.pool().clone())
+        .drain()
+        .await;
+    assert!(
+        matches!(pass, Err(voketag_workers::imports::ImportError::Reader(ref e)) if e.contains("fewer serials than ids")),
+        "{pass:?}"
+    );
+    assert_completed_once(&app, &user, behind, 200).await;
+    let stuck = import_status(&app, &user, damaged).await;
+    assert_eq!(stuck["status"], "validating", "{stuck}");
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
+        )
+        .await,
+        1,
+        "only the second import's tags"
+    );
+}
+
 /// An upload accepted before the intake packed uploads (ADR 0015) is stored as CSV text in
 /// `import_chunks`: the worker packs it first, in a transaction that drops the text, and
 /// then issues it like any other.
