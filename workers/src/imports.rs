@@ -46,6 +46,10 @@ pub enum ImportError {
     Store(String),
     #[error("the CSV reader stopped unexpectedly: {0}")]
     Reader(String),
+    /// The stored rows cannot be read back (changed in the database by hand or by a bug):
+    /// no later attempt can do better, so the import is rejected.
+    #[error("the stored rows of the upload cannot be read back: {0}")]
+    Damaged(String),
     #[error("tags of this file are reserved by import {0}, which is not finished yet")]
     Reserved(Uuid),
     /// A half of the reservation met a tag that was gone again when the file was checked
@@ -55,6 +59,12 @@ pub enum ImportError {
         "another import reserving some of the same tags at the same time stopped the reservation"
     )]
     Contended,
+}
+
+impl From<packed::Damaged> for ImportError {
+    fn from(e: packed::Damaged) -> Self {
+        ImportError::Damaged(e.to_string())
+    }
 }
 
 impl From<CommandError> for ImportError {
@@ -173,7 +183,10 @@ impl ImportWorker {
         if !claimed {
             return Ok(Outcome::Skipped);
         }
-        let result = self.process_claimed(import_id).await;
+        let result = match self.process_claimed(import_id).await {
+            Err(ImportError::Damaged(reason)) => self.reject_damaged(import_id, &reason).await,
+            other => other,
+        };
         // The lock dies with the connection anyway; unlocking lets the connection be reused.
         let _ =
             sqlx::query("SELECT pg_advisory_unlock(hashtextextended('import:' || $1::text, 0))")
@@ -181,6 +194,41 @@ impl ImportWorker {
                 .execute(&mut *lock)
                 .await;
         result
+    }
+
+    /// Rejects an import whose stored rows cannot be read back, and takes out whatever an
+    /// attempt reserved for it: nothing of it was issued, and the file must be sent again.
+    async fn reject_damaged(&self, import_id: Uuid, reason: &str) -> Result<Outcome, ImportError> {
+        tracing::error!(import.id = %import_id, reason, "stored upload damaged; import rejected");
+        let mut tx = self.pool.begin().await?;
+        let rows_read: Option<i64> =
+            sqlx::query_scalar("SELECT read_rows FROM imports WHERE import_id = $1")
+                .bind(import_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        // Only an unfinished import's reservation names it without a batch.
+        sqlx::query("DELETE FROM tag_registry WHERE import_id = $1 AND batch_id IS NULL")
+            .bind(import_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE imports SET tags_reserved = false, reserving = false WHERE import_id = $1",
+        )
+        .bind(import_id)
+        .execute(&mut *tx)
+        .await?;
+        let error = RowError {
+            line: 0,
+            column: None,
+            code: "upload_damaged".into(),
+            message: format!(
+                "the upload as stored cannot be read back ({reason}); nothing was issued: send the file again"
+            ),
+        };
+        let rows_read = rows_read.unwrap_or(0) as u64;
+        finish(&mut tx, import_id, "rejected", rows_read, 0, 1, &[error]).await?;
+        tx.commit().await?;
+        Ok(Outcome::Rejected { error_count: 1 })
     }
 
     async fn process_claimed(&self, import_id: Uuid) -> Result<Outcome, ImportError> {
@@ -448,7 +496,7 @@ impl ImportWorker {
             );
         }
         if tag_ids.len() as u64 != rows_read {
-            return Err(ImportError::Reader(format!(
+            return Err(ImportError::Damaged(format!(
                 "{} stored rows for the {rows_read} rows read",
                 tag_ids.len()
             )));
@@ -480,8 +528,7 @@ impl ImportWorker {
                     serials,
                     ..Packed::default()
                 }
-                .tags()
-                .map_err(|e| ImportError::Reader(e.to_string()))?;
+                .tags()?;
                 count += tags.len() as u64;
                 // A closed channel means the import already failed: nothing more to do.
                 if chunks.send(tags).await.is_err() {
@@ -511,9 +558,7 @@ impl ImportWorker {
                 lines,
                 serials: None,
             };
-            let lines = piece
-                .lines()
-                .map_err(|e| ImportError::Reader(e.to_string()))?;
+            let lines = piece.lines()?;
             Ok(piece.ids().zip(lines).collect())
         })
     }

@@ -273,10 +273,11 @@ async fn the_intake_stores_a_files_rows_packed_and_what_its_read_found() {
     assert_eq!(done["errors"][0]["line"], 2, "{done}");
 }
 
-/// An import whose stored rows cannot be read back fails, and is tried again on every pass
-/// (an operator's matter: nothing of it is issued); the imports behind it are not held up.
+/// An import whose stored rows cannot be read back (changed by hand or by a bug) cannot
+/// succeed on a later attempt: it is rejected, with what its attempt reserved taken out, and
+/// the imports behind it go on.
 #[tokio::test]
-async fn an_import_that_fails_does_not_hold_up_the_ones_behind_it() {
+async fn an_import_whose_stored_rows_are_damaged_is_rejected_and_the_rest_go_on() {
     let app = spawn_app().await;
     let (user, batch) = setup(&app).await;
     let first: Vec<Uuid> = (0..300).map(|_| Uuid::new_v4()).collect();
@@ -290,25 +291,25 @@ async fn an_import_that_fails_does_not_hold_up_the_ones_behind_it() {
     .execute(app.pool())
     .await
     .expect("damage");
-    let pass = voketag_workers::imports::ImportWorker::new(app.pool().clone())
-        .drain()
-        .await;
-    assert!(
-        matches!(pass, Err(voketag_workers::imports::ImportError::Reader(ref e)) if e.contains("fewer serials than ids")),
-        "{pass:?}"
+    app.drain_imports().await;
+    let rejected = import_status(&app, &user, damaged).await;
+    assert_eq!(rejected["status"], "rejected", "{rejected}");
+    assert_eq!(
+        rejected["errors"][0]["code"], "upload_damaged",
+        "{rejected}"
     );
-    assert_completed_once(&app, &user, behind, 200).await;
-    let stuck = import_status(&app, &user, damaged).await;
-    assert_eq!(stuck["status"], "validating", "{stuck}");
+    assert_eq!(rejected["rows_read"], 300);
     assert_eq!(
         count(
             &app,
-            "SELECT count(*) FROM events WHERE event_type = 'TagsIssued'"
+            &format!("SELECT count(*) FROM tag_registry WHERE import_id = '{damaged}'")
         )
         .await,
-        1,
-        "only the second import's tags"
+        0,
+        "its reservation is taken out"
     );
+    assert_eq!(marks(&app, damaged).await, (false, false));
+    assert_completed_once(&app, &user, behind, 200).await;
 }
 
 /// An upload accepted before the intake packed uploads (ADR 0015) is stored as CSV text in
