@@ -579,7 +579,7 @@ impl ImportWorker {
                 .await?;
                 let Some(data) = data else { break };
                 // A closed feed: the reader is done with the file.
-                if feed.send(Ok(data)).await.is_err() {
+                if feed.send(data).await.is_err() {
                     break;
                 }
             }

@@ -123,7 +123,7 @@ pub(crate) async fn create_import(
                     return Err(payload_too_large(limit));
                 }
                 // Closed only when storing failed: that error is the answer.
-                let _ = feed.send(Ok(bytes)).await;
+                let _ = feed.send(bytes).await;
             }
             Ok(total)
         };

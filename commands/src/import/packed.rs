@@ -225,7 +225,7 @@ pub fn read<R: Read>(reader: R, keep: usize, mut emit: impl FnMut(Packed) -> boo
 pub fn start_reading<B: AsRef<[u8]> + Send + 'static>(
     keep: usize,
 ) -> (
-    mpsc::Sender<super::Piece<B>>,
+    mpsc::Sender<B>,
     mpsc::Receiver<Packed>,
     tokio::task::JoinHandle<ReadReport>,
 ) {
