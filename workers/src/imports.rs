@@ -211,12 +211,7 @@ impl ImportWorker {
             .bind(import_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "UPDATE imports SET tags_reserved = false, reserving = false WHERE import_id = $1",
-        )
-        .bind(import_id)
-        .execute(&mut *tx)
-        .await?;
+        clear_reservation_marks(&mut tx, import_id).await?;
         let error = RowError {
             line: 0,
             column: None,
@@ -825,6 +820,14 @@ async fn release_reservation(
             .execute(&mut *conn)
             .await?;
     }
+    clear_reservation_marks(conn, import_id).await
+}
+
+/// Marks the import as holding no reservation, whole or half.
+async fn clear_reservation_marks(
+    conn: &mut PgConnection,
+    import_id: Uuid,
+) -> Result<(), ImportError> {
     sqlx::query("UPDATE imports SET tags_reserved = false, reserving = false WHERE import_id = $1")
         .bind(import_id)
         .execute(&mut *conn)
