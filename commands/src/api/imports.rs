@@ -122,7 +122,8 @@ pub(crate) async fn create_import(
                 if total > limit {
                     return Err(payload_too_large(limit));
                 }
-                // Closed only when storing failed: that error is the answer.
+                // Closed once the reader stopped early (a file without its header, or
+                // storing failed): the rest is received and counted all the same.
                 let _ = feed.send(bytes).await;
             }
             Ok(total)
