@@ -341,6 +341,7 @@ impl<R: Read> Iterator for TagCsv<R> {
 }
 
 /// The outcome of a full validation pass.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// Data rows read (valid or not, blank lines excluded).
@@ -353,6 +354,7 @@ pub struct Summary {
     pub error_count: u64,
 }
 
+#[cfg(test)]
 impl Summary {
     fn push(&mut self, keep: usize, error: RowError) {
         self.error_count += 1;
@@ -364,7 +366,9 @@ impl Summary {
 
 /// Full validation pass: reads every row, detects duplicate `tag_id`s inside the file, keeps the
 /// first `keep` errors and counts all of them. Calls `on_row` for each valid, non-duplicate row
-/// in file order (so the caller can check them against the database in batches).
+/// in file order. Since the intake stores uploads packed (ADR 0015) nothing runs it but the
+/// tests: it is the single-pass reference the packed report is checked against.
+#[cfg(test)]
 pub fn validate<R: Read>(reader: R, keep: usize, mut on_row: impl FnMut(&TagRow)) -> Summary {
     let mut summary = Summary {
         rows_read: 0,
@@ -412,9 +416,11 @@ pub fn duplicate(row: &TagRow, first: u64) -> RowError {
 /// (foldhash's `RandomState`: no fixed, predictable collisions). It is the largest cost of
 /// validating a big file (one cache miss per row); foldhash keeps it about 10 % below std's
 /// SipHash. Keys are `(u64, u64)` rather than `u128`: 24-byte buckets instead of 32.
+#[cfg(test)]
 #[derive(Default)]
 pub struct SeenTags(HashMap<(u64, u64), u64, foldhash::fast::RandomState>);
 
+#[cfg(test)]
 impl SeenTags {
     /// Records `tag` at `line`; if it was seen before, returns the line it was first seen on.
     pub fn first_line(&mut self, tag: &Uuid, line: u64) -> Option<u64> {
